@@ -1,0 +1,7 @@
+"""``python -m otel_service``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""Errors the service raises; one middleware turns them into JSON HTTP answers.
+
+    OtelServiceError
+    ├── RequestRejected            (4xx: the client sent something we refuse)
+    │   ├── InvalidEvent           (400/422: a field is wrong; names the field)
+    │   ├── PayloadTooLarge        (413)
+    │   ├── UnsupportedMediaType   (415)
+    │   ├── Unauthorized           (401)
+    │   └── RateLimited            (429, with Retry-After)
+    └── Unavailable                (503, with Retry-After: spool full, shutting down)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidEvent",
+    "OtelServiceError",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RequestRejected",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+]
+
+
+class OtelServiceError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    status = 500
+    #: Low-cardinality reason, used as the ``reason`` attribute of rejection counters.
+    reason = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON body of the HTTP answer."""
+        body: dict[str, object] = {"error": self.reason, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class RequestRejected(OtelServiceError):
+    """The request is refused because of what the client sent."""
+
+    status = 400
+    reason = "bad_request"
+
+
+class InvalidEvent(RequestRejected):
+    """An event (or the request body) failed validation."""
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str = "invalid") -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+
+class PayloadTooLarge(RequestRejected):
+    status = 413
+    reason = "payload_too_large"
+
+
+class UnsupportedMediaType(RequestRejected):
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class Unauthorized(RequestRejected):
+    status = 401
+    reason = "unauthorized"
+
+
+class RateLimited(RequestRejected):
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(OtelServiceError):
+    """The service cannot take the event now; the client should retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, *, reason: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after

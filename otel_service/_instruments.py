@@ -1,0 +1,199 @@
+"""The metric catalog: every instrument the service records, with its unit, buckets and limits.
+
+Names follow the OpenTelemetry GenAI semantic conventions where they exist; the lab's Prometheus names
+(``ai_requests_total``...) are kept as separate instruments whose units make the Prometheus translation
+produce exactly those names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry.metrics import Counter, Histogram, Meter
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+__all__ = ["IntakeInstruments", "WorkerInstruments", "create_views"]
+
+#: Advised boundaries of ``gen_ai.client.operation.duration`` (seconds).
+GEN_AI_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+#: Advised boundaries of ``gen_ai.client.token.usage``.
+GEN_AI_TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+#: prometheus_client's default buckets, which the lab's ``ai_response_time_seconds`` used.
+LAB_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: The ML lab's prediction latency buckets (seconds).
+ML_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+HTTP_DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+_BUCKETS: dict[str, Sequence[float]] = {
+    "gen_ai.client.operation.duration": GEN_AI_DURATION_BUCKETS,
+    "gen_ai.client.token.usage": GEN_AI_TOKEN_BUCKETS,
+    "ai_response_time": LAB_DURATION_BUCKETS,
+    "ml.prediction.duration": ML_DURATION_BUCKETS,
+    "ml.prediction.confidence": CONFIDENCE_BUCKETS,
+    "ai.message.length": LENGTH_BUCKETS,
+    "http.server.request.duration": HTTP_DURATION_BUCKETS,
+}
+
+
+def create_views() -> list[View]:
+    """Bucket boundaries per histogram (the cardinality cap is set on the readers)."""
+    return [
+        View(
+            instrument_name=name,
+            aggregation=ExplicitBucketHistogramAggregation(boundaries=tuple(map(float, bounds))),
+        )
+        for name, bounds in _BUCKETS.items()
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInstruments:
+    """Instruments recorded by the exporter, per processed event."""
+
+    operation_duration: Histogram
+    token_usage: Histogram
+    lab_requests: Counter
+    lab_response_time: Histogram
+    lab_tokens: Counter
+    lab_cost: Counter
+    lab_appointments: Counter
+    lab_handoffs: Counter
+    cost: Counter
+    unpriced: Counter
+    outcomes: Counter
+    message_length: Histogram
+    predictions: Counter
+    prediction_duration: Histogram
+    prediction_confidence: Histogram
+    feedback: Counter
+    processed: Counter
+    label_overflow: Counter
+    export_items: Counter
+    dropped: Counter
+
+    @classmethod
+    def create(cls, meter: Meter) -> WorkerInstruments:
+        return cls(
+            operation_duration=meter.create_histogram(
+                "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration."
+            ),
+            token_usage=meter.create_histogram(
+                "gen_ai.client.token.usage",
+                unit="{token}",
+                description="Number of input and output tokens used.",
+            ),
+            lab_requests=meter.create_counter(
+                "ai_requests", unit="{request}", description="Total AI requests"
+            ),
+            lab_response_time=meter.create_histogram(
+                "ai_response_time", unit="s", description="AI response time in seconds"
+            ),
+            lab_tokens=meter.create_counter(
+                "ai_tokens_used", unit="{token}", description="Total tokens used"
+            ),
+            lab_cost=meter.create_counter(
+                "ai_api_cost_usd", unit="{USD}", description="Total API cost in USD"
+            ),
+            lab_appointments=meter.create_counter(
+                "appointments_requested",
+                unit="{appointment}",
+                description="Total appointment requests",
+            ),
+            lab_handoffs=meter.create_counter(
+                "human_handoffs", unit="{handoff}", description="Total human handoff requests"
+            ),
+            cost=meter.create_counter(
+                "ai.cost.usd",
+                unit="{USD}",
+                description="Cost of LLM calls in USD, by token type and where the figure came from.",
+            ),
+            unpriced=meter.create_counter(
+                "ai.cost.unpriced",
+                unit="{call}",
+                description="LLM calls whose cost is unknown (no reported cost, model not in the "
+                "price table, or no token counts).",
+            ),
+            outcomes=meter.create_counter(
+                "ai.outcomes",
+                unit="{event}",
+                description="Business outcomes of AI conversations (appointments, handoffs).",
+            ),
+            message_length=meter.create_histogram(
+                "ai.message.length", unit="{char}", description="Length of user and AI messages."
+            ),
+            predictions=meter.create_counter(
+                "ml.predictions", unit="{prediction}", description="Total number of predictions made"
+            ),
+            prediction_duration=meter.create_histogram(
+                "ml.prediction.duration",
+                unit="s",
+                description="Time spent processing prediction requests",
+            ),
+            prediction_confidence=meter.create_histogram(
+                "ml.prediction.confidence", unit="1", description="Confidence of predictions."
+            ),
+            feedback=meter.create_counter(
+                "ml.feedback",
+                unit="{feedback}",
+                description="Ground-truth feedback on predictions, by correctness.",
+            ),
+            processed=meter.create_counter(
+                "otel_service.events.processed",
+                unit="{event}",
+                description="Events turned into telemetry by the exporter.",
+            ),
+            label_overflow=meter.create_counter(
+                "otel_service.attribute.overflow",
+                unit="{value}",
+                description="Metric attribute values replaced by _OTHER because the attribute's "
+                "cardinality cap was reached.",
+            ),
+            export_items=meter.create_counter(
+                "otel_service.export.items",
+                unit="{item}",
+                description="Spans and log records sent over OTLP, by signal and outcome.",
+            ),
+            dropped=meter.create_counter(
+                "otel_service.dropped",
+                unit="{item}",
+                description="Items discarded, by signal and reason (should stay 0).",
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeInstruments:
+    """Instruments recorded by the HTTP intake."""
+
+    received: Counter
+    rejected: Counter
+    request_duration: Histogram
+
+    @classmethod
+    def create(cls, meter: Meter) -> IntakeInstruments:
+        return cls(
+            received=meter.create_counter(
+                "otel_service.events.received",
+                unit="{event}",
+                description="Events accepted by intake (202), by endpoint and kind.",
+            ),
+            rejected=meter.create_counter(
+                "otel_service.events.rejected",
+                unit="{event}",
+                description="Events or requests refused by intake, by endpoint and reason.",
+            ),
+            request_duration=meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+            ),
+        )

@@ -1,0 +1,128 @@
+"""Intake: resolve each accepted event's IDs and times, and append it to the spool.
+
+Once ``accept`` returns, the events are owned by the service (the delivery promise behind 202).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._correlation import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
+from ._errors import Unavailable
+from ._events import Event
+from ._records import Envelope, encode_envelope
+from ._spool import SpoolWriter, stats
+from ._validation import Limits, event_time
+
+__all__ = ["Accepted", "Intake", "IntakeStats"]
+
+_STAT_TTL = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    index: int
+    correlation_id: str
+    trace_id: str
+    span_id: str
+
+
+@dataclass
+class IntakeStats:
+    """Plain counters for ``/health/detailed``."""
+
+    started: float = field(default_factory=time.time)
+    requests: int = 0
+    failed_requests: int = 0
+    last_request: float | None = None
+    accepted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class Intake:
+    def __init__(
+        self,
+        writer: SpoolWriter,
+        *,
+        max_spool_bytes: int,
+        limits: Limits,
+        stats_: IntakeStats | None = None,
+    ) -> None:
+        self._writer = writer
+        self._max_bytes = max_spool_bytes
+        self._limits = limits
+        self.stats = stats_ or IntakeStats()
+        self._spool_bytes = 0
+        self._checked = 0.0
+        self.closed = False
+
+    def spool_bytes(self) -> int:
+        """Bytes the spool holds (re-measured at most every 250 ms; appends counted meanwhile)."""
+        now = time.monotonic()
+        if now - self._checked > _STAT_TTL:
+            self._spool_bytes = stats(self._writer.directory).bytes
+            self._checked = now
+        return self._spool_bytes
+
+    @property
+    def fill_ratio(self) -> float:
+        return self.spool_bytes() / self._max_bytes
+
+    def accept(
+        self,
+        items: Sequence[tuple[int, Event]],
+        *,
+        source: str,
+        header_correlation_id: str | None,
+        parent: TraceContext | None,
+    ) -> list[Accepted]:
+        """Spool ``items`` (index, event); raise ``Unavailable`` when closed or at the bound."""
+        if self.closed:
+            raise Unavailable("shutting down", reason="shutting_down", retry_after=5)
+        if self.spool_bytes() >= self._max_bytes:
+            raise Unavailable(
+                "the export spool is full; retry later", reason="spool_full", retry_after=10
+            )
+        now = time.time()
+        received_ns = time.time_ns()
+        request_trace = new_trace_id() if parent is None else parent.trace_id
+        accepted: list[Accepted] = []
+        payloads: list[bytes] = []
+        for index, event in items:
+            if event.trace_id is not None and event.span_id is not None:
+                trace_id, parent_span = event.trace_id, event.span_id
+            elif parent is not None:
+                trace_id, parent_span = parent.trace_id, parent.span_id
+            else:
+                trace_id, parent_span = request_trace, None
+            span_id = new_span_id()
+            own_parent = (
+                TraceContext(trace_id, parent_span) if parent_span is not None else parent
+            )
+            correlation_id = resolve_correlation_id(
+                event.correlation_id, header_correlation_id, own_parent, trace_id
+            )
+            end_ns = int(event_time(event, now, self._limits, "$") * 1e9)
+            payloads.append(
+                encode_envelope(
+                    Envelope(
+                        event=event,
+                        trace_id=trace_id,
+                        span_id=span_id,
+                        parent_span_id=parent_span,
+                        correlation_id=correlation_id,
+                        end_ns=end_ns,
+                        received_ns=received_ns,
+                        source=source,
+                    )
+                )
+            )
+            accepted.append(Accepted(index, correlation_id, trace_id, span_id))
+        if payloads:
+            self._spool_bytes += self._writer.append(payloads)
+            for item in items:
+                self.stats.accepted[type(item[1]).__struct_config__.tag] += 1  # type: ignore[index]
+        return accepted

@@ -1,0 +1,151 @@
+"""The OpenAPI 3.1 document of the HTTP API, generated from the event model."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from ._events import SCHEMA_VERSION, Feedback, LabTrack, LlmCall, Prediction
+from ._version import __version__
+
+__all__ = ["openapi_document"]
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "Low-cardinality reason code."},
+        "message": {"type": "string"},
+        "field": {"type": "string", "description": "JSON path of the offending field."},
+    },
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid event or body; the error names the field.",
+        401: "Missing or wrong bearer token.",
+        413: "Body too large (after decompression).",
+        415: "Content type not accepted.",
+        429: "Rate limited; see Retry-After.",
+        503: "Export spool full or shutting down; see Retry-After. Nothing accepted is lost.",
+    }
+    return {
+        str(code): {
+            "description": text[code],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code in codes
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    (track, native), components = msgspec.json.schema_components(
+        [LabTrack, LlmCall | Prediction | Feedback], ref_template="#/components/schemas/{name}"
+    )
+    components["Error"] = _ERROR
+    components["BatchResult"] = {
+        "type": "object",
+        "required": ["accepted", "rejected", "errors"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Error"},
+                        {"type": "object", "properties": {"index": {"type": "integer"}}},
+                    ]
+                },
+            },
+            "correlation_id": {"type": "string"},
+            "trace_id": {"type": "string"},
+            "span_id": {"type": "string"},
+        },
+    }
+    correlation_header = {
+        "X-Correlation-ID": {
+            "description": "The request's correlation ID.",
+            "schema": {"type": "string"},
+        }
+    }
+    trace_headers = [
+        {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"}},
+        {
+            "name": "X-Correlation-ID",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+        },
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "otel-service",
+            "version": __version__,
+            "description": f"Event schema version {SCHEMA_VERSION}.",
+        },
+        "paths": {
+            "/track": {
+                "post": {
+                    "summary": "Track one LLM call (the lab's flat schema).",
+                    "parameters": trace_headers,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": track}},
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "Accepted and owned by the sidecar.",
+                            "headers": correlation_header,
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_errors(400, 401, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/v1/events": {
+                "post": {
+                    "summary": "Send one event, a JSON array of events, or NDJSON.",
+                    "parameters": trace_headers,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"oneOf": [native, {"type": "array", "items": native}]}
+                            },
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "At least one event accepted; rejected items listed.",
+                            "headers": correlation_header,
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/BatchResult"}
+                                }
+                            },
+                        },
+                        **_errors(400, 401, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/metrics": {"get": {"summary": "Prometheus text.", "responses": {"200": {"description": "Metrics."}}}},
+            "/health": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "Alive."}}}},
+            "/ready": {
+                "get": {
+                    "summary": "Readiness (export path included).",
+                    "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
+                }
+            },
+            "/health/detailed": {
+                "get": {"summary": "Uptime, resources, counts, export state.", "responses": {"200": {"description": "Details."}}}
+            },
+        },
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,412 @@
+"""Turns envelopes into telemetry: metric measurements, one span, one log record and one stdout line.
+
+Counters are summed per batch and added once per attribute set; histograms are recorded per event,
+with the event's span as exemplar context on the duration histograms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import Counter
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from . import _otlp
+from ._events import Feedback, LlmCall, Prediction
+from ._instruments import WorkerInstruments
+from ._labels import LabelGuard, infer_provider
+from ._logging import EventLogger
+from ._pricing import PriceTable
+from ._records import Envelope
+
+__all__ = ["Recorded", "Recorder"]
+
+Attrs = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Recorded:
+    """The OTLP items a batch produced, in envelope order."""
+
+    spans: list[Span] = field(default_factory=list)
+    logs: list[LogRecord] = field(default_factory=list)
+
+
+class _Sums:
+    """Counter increments of one batch, summed per (instrument, attribute set)."""
+
+    __slots__ = ("_sums",)
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[int, tuple[tuple[str, Any], ...]], list[Any]] = {}
+
+    def add(self, counter: Counter, attrs: Attrs, value: float) -> None:
+        key = (id(counter), tuple(attrs.items()))
+        entry = self._sums.get(key)
+        if entry is None:
+            self._sums[key] = [counter, attrs, value]
+        else:
+            entry[2] += value
+
+    def flush(self) -> None:
+        for counter, attrs, value in self._sums.values():
+            counter.add(value, attrs)
+        self._sums.clear()
+
+
+def _exemplar_context(trace_id: str, span_id: str) -> Context:
+    ctx = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1))
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds")
+
+
+def _prefixed(attributes: dict[str, Any]) -> Attrs:
+    return {f"app.{key}": value for key, value in attributes.items()}
+
+
+class Recorder:
+    """Records each envelope's metrics and log line, and builds its span and OTLP log record."""
+
+    def __init__(
+        self,
+        instruments: WorkerInstruments,
+        *,
+        prices: PriceTable,
+        logger: EventLogger,
+        service_name: str,
+        default_provider: str = "_OTHER",
+        max_tenants: int = 200,
+        max_label_values: int = 200,
+    ) -> None:
+        self._m = instruments
+        self._prices = prices
+        self._logger = logger
+        self._service = service_name
+        self._default_provider = default_provider
+        guards = {
+            name: LabelGuard(name, max_tenants if name == "business_id" else max_label_values)
+            for name in (
+                "business_id",
+                "model",
+                "provider",
+                "intent",
+                "response_type",
+                "error_type",
+                "model_version",
+                "prediction_result",
+            )
+        }
+        self._guards = guards
+        self._g: dict[str, Callable[[str], str]] = dict(guards.items())
+
+    def record(self, envelopes: Sequence[Envelope]) -> Recorded:
+        out = Recorded()
+        sums = _Sums()
+        for env in envelopes:
+            event = env.event
+            if isinstance(event, LlmCall):
+                self._llm(env, event, sums, out)
+            elif isinstance(event, Prediction):
+                self._prediction(env, event, sums, out)
+            else:
+                self._feedback(env, event, sums, out)
+        for guard in self._guards.values():
+            overflow = guard.take_overflow()
+            if overflow:
+                sums.add(self._m.label_overflow, {"attribute": guard.name}, overflow)
+        sums.flush()
+        self._logger.flush()
+        return out
+
+    # -- one method per event kind -------------------------------------------------------------
+
+    def _llm(self, env: Envelope, e: LlmCall, sums: _Sums, out: Recorded) -> None:
+        m, g = self._m, self._g
+        provider = e.provider or infer_provider(e.model, self._default_provider)
+        error = None if e.success else (e.error_type or "_OTHER")
+        model = g["model"](e.model)
+        business = g["business_id"](e.business_id or "unknown")
+        ctx = _exemplar_context(env.trace_id, env.span_id)
+        seconds = e.duration_ms / 1000.0
+        base = {
+            "gen_ai.operation.name": e.operation,
+            "gen_ai.provider.name": g["provider"](provider),
+            "gen_ai.request.model": model,
+        }
+        duration_attrs = base if error is None else {**base, "error.type": g["error_type"](error)}
+        m.operation_duration.record(seconds, duration_attrs, context=ctx)
+        if e.input_tokens is not None:
+            m.token_usage.record(e.input_tokens, {**base, "gen_ai.token.type": "input"})
+        if e.output_tokens is not None:
+            m.token_usage.record(e.output_tokens, {**base, "gen_ai.token.type": "output"})
+
+        tenant = {"business_id": business}
+        intent = g["intent"](e.intent or "unknown")
+        response_type = g["response_type"](e.response_type or "unknown")
+        sums.add(
+            m.lab_requests,
+            {"business_id": business, "intent": intent, "response_type": response_type},
+            1,
+        )
+        m.lab_response_time.record(seconds, tenant, context=ctx)
+        total_tokens = e.total_tokens
+        if total_tokens is None and (e.input_tokens is not None or e.output_tokens is not None):
+            total_tokens = (e.input_tokens or 0) + (e.output_tokens or 0)
+        if total_tokens:
+            sums.add(m.lab_tokens, {"business_id": business, "model": model}, total_tokens)
+
+        cost = self._prices.cost(
+            e.model,
+            reported=e.cost_usd,
+            input_tokens=e.input_tokens,
+            output_tokens=e.output_tokens,
+            cached_input_tokens=e.cached_input_tokens,
+            reasoning_tokens=e.reasoning_tokens,
+        )
+        if cost.source == "unpriced":
+            sums.add(m.unpriced, {"gen_ai.request.model": model}, 1)
+        else:
+            for token_type, usd in cost.by_type:
+                sums.add(
+                    m.cost,
+                    {
+                        **base,
+                        "gen_ai.token.type": token_type,
+                        "cost.source": cost.source,
+                        "business_id": business,
+                    },
+                    usd,
+                )
+            sums.add(m.lab_cost, tenant, cost.total)
+        if e.appointment_requested:
+            sums.add(m.lab_appointments, tenant, 1)
+            sums.add(m.outcomes, {**tenant, "outcome": "appointment_requested"}, 1)
+        if e.appointment_booked:
+            sums.add(m.outcomes, {**tenant, "outcome": "appointment_booked"}, 1)
+        if e.human_handoff:
+            sums.add(m.lab_handoffs, tenant, 1)
+            sums.add(m.outcomes, {**tenant, "outcome": "human_handoff"}, 1)
+        if e.user_message_length is not None:
+            m.message_length.record(
+                e.user_message_length, {"role": "user", "gen_ai.request.model": model}
+            )
+        if e.response_length is not None:
+            m.message_length.record(
+                e.response_length, {"role": "assistant", "gen_ai.request.model": model}
+            )
+        sums.add(m.processed, {"kind": "llm_call"}, 1)
+
+        fields: Attrs = {
+            "operation": e.operation,
+            "model": e.model,
+            "provider": provider,
+            "response_model": e.response_model,
+            "duration_ms": e.duration_ms,
+            "input_tokens": e.input_tokens,
+            "output_tokens": e.output_tokens,
+            "cached_input_tokens": e.cached_input_tokens,
+            "reasoning_tokens": e.reasoning_tokens,
+            "total_tokens": total_tokens,
+            "cost_usd": cost.total if cost.source != "unpriced" else None,
+            "cost_source": cost.source,
+            "success": e.success,
+            "error_type": error,
+            "business_id": e.business_id,
+            "conversation_id": e.conversation_id,
+            "session_id": e.session_id,
+            "user_id": e.user_id,
+            "intent": e.intent,
+            "response_type": e.response_type,
+            "appointment_requested": e.appointment_requested or None,
+            "appointment_booked": e.appointment_booked or None,
+            "human_handoff": e.human_handoff or None,
+            "user_message_length": e.user_message_length,
+            "response_length": e.response_length,
+        }
+        span_attrs: Attrs = {
+            "gen_ai.operation.name": e.operation,
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": e.model,
+            "gen_ai.response.model": e.response_model,
+            "gen_ai.usage.input_tokens": e.input_tokens,
+            "gen_ai.usage.output_tokens": e.output_tokens,
+            "gen_ai.usage.cache_read.input_tokens": e.cached_input_tokens,
+            "gen_ai.usage.reasoning.output_tokens": e.reasoning_tokens,
+            "gen_ai.conversation.id": e.conversation_id,
+            "session.id": e.session_id,
+            "user.id": e.user_id,
+            "error.type": error,
+            "app.business_id": e.business_id,
+            "app.intent": e.intent,
+            "app.response_type": e.response_type,
+            "app.total_tokens": total_tokens,
+            "app.cost_usd": fields["cost_usd"],
+            "app.cost_source": cost.source,
+            "app.appointment_requested": e.appointment_requested,
+            "app.appointment_booked": e.appointment_booked,
+            "app.human_handoff": e.human_handoff,
+        }
+        self._emit(
+            env,
+            f"{e.operation} {e.model}",
+            _otlp.KIND_CLIENT,
+            e.duration_ms,
+            error,
+            span_attrs,
+            fields,
+            out,
+        )
+
+    def _prediction(self, env: Envelope, e: Prediction, sums: _Sums, out: Recorded) -> None:
+        m, g = self._m, self._g
+        error = None if e.success else (e.error_type or "_OTHER")
+        model = g["model"](e.model)
+        version = g["model_version"](e.model_version)
+        ids = {"model_name": model, "model_version": version}
+        sums.add(
+            m.predictions,
+            {
+                **ids,
+                "prediction_result": g["prediction_result"](e.result or "none"),
+                "status": "success" if error is None else "error",
+            },
+            1,
+        )
+        ctx = _exemplar_context(env.trace_id, env.span_id)
+        m.prediction_duration.record(e.duration_ms / 1000.0, ids, context=ctx)
+        if e.confidence is not None:
+            m.prediction_confidence.record(e.confidence, ids)
+        sums.add(m.processed, {"kind": "prediction"}, 1)
+        fields: Attrs = {
+            "model": e.model,
+            "model_version": e.model_version,
+            "duration_ms": e.duration_ms,
+            "result": e.result,
+            "confidence": e.confidence,
+            "success": e.success,
+            "error_type": error,
+            "prediction_id": e.prediction_id,
+            "business_id": e.business_id,
+            "features": e.features or None,
+        }
+        span_attrs: Attrs = {
+            "ml.model.name": e.model,
+            "ml.model.version": e.model_version,
+            "ml.prediction.result": e.result,
+            "ml.prediction.confidence": e.confidence,
+            "ml.prediction.id": e.prediction_id,
+            "error.type": error,
+            "app.business_id": e.business_id,
+        }
+        self._emit(
+            env,
+            f"predict {e.model}",
+            _otlp.KIND_INTERNAL,
+            e.duration_ms,
+            error,
+            span_attrs,
+            fields,
+            out,
+        )
+
+    def _feedback(self, env: Envelope, e: Feedback, sums: _Sums, out: Recorded) -> None:
+        m, g = self._m, self._g
+        sums.add(
+            m.feedback,
+            {
+                "model_name": g["model"](e.model),
+                "model_version": g["model_version"](e.model_version),
+                "correct": "true" if e.correct else "false",
+            },
+            1,
+        )
+        sums.add(m.processed, {"kind": "feedback"}, 1)
+        fields: Attrs = {
+            "model": e.model,
+            "model_version": e.model_version,
+            "correct": e.correct,
+            "prediction_id": e.prediction_id,
+            "source": e.source,
+            "business_id": e.business_id,
+        }
+        span_attrs: Attrs = {
+            "ml.model.name": e.model,
+            "ml.model.version": e.model_version,
+            "ml.feedback.correct": e.correct,
+            "ml.prediction.id": e.prediction_id,
+            "ml.feedback.source": e.source,
+            "app.business_id": e.business_id,
+        }
+        self._emit(
+            env, f"feedback {e.model}", _otlp.KIND_INTERNAL, 0.0, None, span_attrs, fields, out
+        )
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def _emit(
+        self,
+        env: Envelope,
+        name: str,
+        kind: int,
+        duration_ms: float,
+        error: str | None,
+        span_attrs: Attrs,
+        fields: Attrs,
+        out: Recorded,
+    ) -> None:
+        event = env.event
+        kind_name = type(event).__struct_config__.tag
+        span_attrs["correlation_id"] = env.correlation_id
+        span_attrs.update(_prefixed(event.attributes))
+        start_ns = env.end_ns - int(duration_ms * 1e6)
+        out.spans.append(
+            _otlp.span(
+                trace_id=env.trace_id,
+                span_id=env.span_id,
+                parent_span_id=env.parent_span_id,
+                name=name,
+                kind=kind,
+                start_ns=start_ns,
+                end_ns=env.end_ns,
+                attributes={k: v for k, v in span_attrs.items() if v is not None},
+                error=error,
+            )
+        )
+        record: Attrs = {
+            "timestamp": _iso(env.end_ns),
+            "service": self._service,
+            "kind": kind_name,
+            "trace_id": env.trace_id,
+            "span_id": env.span_id,
+            "correlation_id": env.correlation_id,
+        }
+        record.update((k, v) for k, v in fields.items() if v is not None)
+        if event.attributes:
+            record["attributes"] = event.attributes
+        level = "error" if error else "info"
+        line = self._logger.log(level, str(kind_name), record)
+        log_attrs: Attrs = {"correlation_id": env.correlation_id, "kind": str(kind_name)}
+        if event.business_id is not None:
+            log_attrs["business_id"] = event.business_id
+        out.logs.append(
+            _otlp.log_record(
+                trace_id=env.trace_id,
+                span_id=env.span_id,
+                time_ns=env.end_ns,
+                observed_ns=env.received_ns,
+                severity=_otlp.SEVERITY_ERROR if error else _otlp.SEVERITY_INFO,
+                body=line.decode("utf-8"),
+                event_name=f"otel_service.{kind_name}",
+                attributes=log_attrs,
+            )
+        )

@@ -1,0 +1,130 @@
+"""OpenTelemetry providers, built from settings; nothing here touches global state."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    CardinalityLimits,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
+
+from . import _otlp
+from ._instruments import create_views
+from ._settings import Settings
+from ._version import __version__
+
+__all__ = ["Metrics", "create_metrics", "create_resource", "new_instance_id"]
+
+
+def new_instance_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_resource(settings: Settings, instance_id: str) -> Resource:
+    """service.name/version/instance.id, the SDK's attributes, and ``OTEL_RESOURCE_ATTRIBUTES``."""
+    attributes: dict[str, str] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "service.version": __version__,
+        **settings.resource_attributes,
+        "service.name": settings.service_name,
+        "service.instance.id": settings.resource_attributes.get("service.instance.id", instance_id),
+    }
+    return Resource(attributes)
+
+
+def resource_proto(resource: Resource) -> _otlp.Resource:
+    return _otlp.resource_proto(
+        {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """A meter provider and the Prometheus registry that ``/metrics`` renders."""
+
+    provider: MeterProvider
+    registry: CollectorRegistry
+
+
+def cardinality_limits(limit: int) -> CardinalityLimits:
+    """The same cap for every instrument kind; beyond it the SDK adds one overflow series."""
+    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter,
+             ObservableGauge)  # fmt: skip
+    return dict.fromkeys(kinds, limit)
+
+
+def _otlp_metric_exporter(settings: Settings) -> MetricReader:
+    assert settings.otlp_endpoint is not None
+    headers = dict(settings.otlp_headers)
+    if settings.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcExporter,
+        )
+
+        exporter = GrpcExporter(
+            endpoint=settings.otlp_endpoint,
+            insecure=not settings.otlp_endpoint.startswith("https://"),
+            headers=headers,
+            timeout=settings.otlp_timeout,
+        )
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpExporter,
+        )
+
+        exporter = HttpExporter(  # type: ignore[assignment]
+            endpoint=f"{settings.otlp_endpoint}/v1/metrics",
+            headers=headers,
+            timeout=settings.otlp_timeout,
+        )
+    return PeriodicExportingMetricReader(
+        exporter,
+        export_interval_millis=settings.metric_export_interval * 1000,
+        export_timeout_millis=settings.metric_export_timeout * 1000,
+        cardinality_limits=cardinality_limits(settings.cardinality_limit),
+    )
+
+
+def create_metrics(
+    settings: Settings,
+    resource: Resource,
+    *,
+    target_info: bool = True,
+    extra_readers: Sequence[MetricReader] = (),
+) -> Metrics:
+    """A meter provider with a Prometheus reader (for ``/metrics``), OTLP export when an endpoint
+    is configured, and ``extra_readers`` (tests pass an ``InMemoryMetricReader``)."""
+    registry = CollectorRegistry(auto_describe=True)
+    readers: list[MetricReader] = [
+        PrometheusMetricReader(
+            disable_target_info=not target_info,
+            registry=registry,
+            cardinality_limits=cardinality_limits(settings.cardinality_limit),
+        )
+    ]
+    if settings.otlp_endpoint:
+        readers.append(_otlp_metric_exporter(settings))
+    readers.extend(extra_readers)
+    provider = MeterProvider(
+        metric_readers=readers,
+        resource=resource,
+        views=create_views(),
+    )
+    return Metrics(provider, registry)

@@ -1,0 +1,261 @@
+"""Strict parsing of request bodies into events, before anything reaches the SDK.
+
+Parsing uses the standard library's C JSON scanner with a pairs hook (to refuse duplicate keys, NaN and
+Infinity), then ``msgspec.convert`` in strict mode against the event model (types, bounds, patterns).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ._errors import InvalidEvent
+from ._events import Event, Feedback, LabTrack, LlmCall, Prediction
+
+__all__ = ["Limits", "ParsedItem", "parse_batch", "parse_track", "event_time"]
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89abAB]")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may carry."""
+
+    max_items: int = 1000
+    max_depth: int = 8
+    max_past_seconds: float = 86_400.0
+    max_future_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedItem:
+    """One item of a batch: its index and either the event or why it was refused."""
+
+    index: int
+    event: Event | None = None
+    error: InvalidEvent | None = None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return obj
+
+
+def _constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NonFinite(text)
+    return value
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+
+
+def _decode(text: str, raw: bytes, where: str) -> Any:
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except _Duplicate as exc:
+        raise InvalidEvent(
+            f"duplicate key {exc.args[0]!r}", field=f"{where}.{exc.args[0]}", reason="duplicate_key"
+        ) from None
+    except _NonFinite as exc:
+        raise InvalidEvent(
+            f"non-finite number {exc.args[0]!r} is not allowed", field=where, reason="invalid_number"
+        ) from None
+    except RecursionError:
+        raise InvalidEvent("JSON nested too deeply", field=where, reason="too_deep") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(
+            f"malformed JSON: {exc.msg} at position {exc.pos}", field=where, reason="malformed_json"
+        ) from None
+    if text[end:].strip():
+        raise InvalidEvent("trailing data after the JSON value", field=where, reason="malformed_json")
+    if _SURROGATE_ESCAPE.search(raw):
+        # Escaped surrogates must form valid pairs; msgspec's decoder refuses lone ones.
+        try:
+            msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise InvalidEvent(
+                "string contains a lone surrogate escape", field=where, reason="invalid_string"
+            ) from None
+    return value
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict | list))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return deepest
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(
+            f"body is not valid UTF-8 (byte {exc.start})", field="$", reason="invalid_encoding"
+        ) from None
+
+
+def _convert(obj: Any, model: type[Any] | Any, prefix: str) -> Any:
+    try:
+        return msgspec.convert(obj, model, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc), prefix) from None
+
+
+def _invalid(message: str, prefix: str) -> InvalidEvent:
+    match = _PATH.search(message)
+    if match:
+        return InvalidEvent(
+            message[: match.start()], field=prefix + match["path"], reason="invalid_field"
+        )
+    if m := _UNKNOWN.search(message):
+        return InvalidEvent(message, field=f"{prefix}.{m['name']}", reason="unknown_field")
+    if m := _MISSING.search(message):
+        return InvalidEvent(message, field=f"{prefix}.{m['name']}", reason="missing_field")
+    return InvalidEvent(message, field=prefix, reason="invalid_field")
+
+
+def event_time(event: Event | LabTrack, now: float, limits: Limits, where: str) -> float:
+    """The event's time as Unix seconds (``now`` when absent), refusing implausible values."""
+    stamp = event.timestamp
+    if stamp is None:
+        return now
+    if isinstance(stamp, datetime):
+        if stamp.tzinfo is None:
+            raise InvalidEvent(
+                "timestamp needs a time zone (e.g. Z)", field=f"{where}.timestamp", reason="invalid_field"
+            )
+        seconds = stamp.timestamp()
+    else:
+        seconds = float(stamp)
+    if not now - limits.max_past_seconds <= seconds <= now + limits.max_future_seconds:
+        raise InvalidEvent(
+            f"timestamp is outside the accepted window (-{limits.max_past_seconds:.0f} s, "
+            f"+{limits.max_future_seconds:.0f} s around now)",
+            field=f"{where}.timestamp",
+            reason="timestamp_out_of_range",
+        )
+    return seconds
+
+
+def _check_event(event: Event, now: float, limits: Limits, where: str) -> Event:
+    event_time(event, now, limits, where)
+    if not isinstance(event, Feedback) and event.success and event.error_type is not None:
+        raise InvalidEvent(
+            "error_type is only allowed when success is false",
+            field=f"{where}.error_type",
+            reason="invalid_field",
+        )
+    if (event.span_id is None) != (event.trace_id is None):
+        missing = "span_id" if event.span_id is None else "trace_id"
+        raise InvalidEvent(
+            "trace_id and span_id go together", field=f"{where}.{missing}", reason="invalid_field"
+        )
+    return event
+
+
+def parse_track(body: bytes, now: float, limits: Limits) -> LlmCall:
+    """Parse the lab's ``POST /track`` body into an LLM call, or raise ``InvalidEvent``."""
+    obj = _decode(_text(body), body, "$")
+    if not isinstance(obj, dict):
+        raise InvalidEvent("expected a JSON object", field="$", reason="invalid_field")
+    if _depth(obj, limits.max_depth) > limits.max_depth:
+        raise InvalidEvent("JSON nested too deeply", field="$", reason="too_deep")
+    track: LabTrack = _convert(obj, LabTrack, "$")
+    event_time(track, now, limits, "$")
+    return track.to_llm_call()
+
+
+def _items(
+    body: bytes, ndjson: bool, limits: Limits
+) -> Iterator[tuple[int, str, Any, InvalidEvent | None]]:
+    text = _text(body)
+    if ndjson:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) > limits.max_items:
+            raise InvalidEvent(
+                f"{len(lines)} items exceed the limit of {limits.max_items}",
+                field="$",
+                reason="too_many_items",
+            )
+        for index, line in enumerate(lines):
+            where = f"$[{index}]"
+            try:
+                yield index, where, _decode(line, line.encode(), where), None
+            except InvalidEvent as exc:
+                yield index, where, None, exc
+        return
+    obj = _decode(text, body, "$")
+    if isinstance(obj, list):
+        if len(obj) > limits.max_items:
+            raise InvalidEvent(
+                f"{len(obj)} items exceed the limit of {limits.max_items}",
+                field="$",
+                reason="too_many_items",
+            )
+        if not obj:
+            raise InvalidEvent("empty batch", field="$", reason="empty_batch")
+        for index, item in enumerate(obj):
+            yield index, f"$[{index}]", item, None
+    else:
+        yield 0, "$", obj, None
+
+
+def parse_batch(body: bytes, *, ndjson: bool, now: float, limits: Limits) -> list[ParsedItem]:
+    """Parse ``POST /v1/events``: one event, an array, or NDJSON; each item judged on its own.
+
+    Raises ``InvalidEvent`` only when the body as a whole is unusable.
+    """
+    parsed: list[ParsedItem] = []
+    for index, where, obj, error in _items(body, ndjson, limits):
+        if error is not None:
+            parsed.append(ParsedItem(index, error=error))
+            continue
+        try:
+            if not isinstance(obj, dict):
+                raise InvalidEvent("expected a JSON object", field=where, reason="invalid_field")
+            if _depth(obj, limits.max_depth) > limits.max_depth:
+                raise InvalidEvent("JSON nested too deeply", field=where, reason="too_deep")
+            event: Event = _convert(obj, LlmCall | Prediction | Feedback, where)
+            parsed.append(ParsedItem(index, event=_check_event(event, now, limits, where)))
+        except InvalidEvent as exc:
+            parsed.append(ParsedItem(index, error=exc))
+    return parsed

@@ -1,0 +1,70 @@
+"""The composition of the HTTP application: ``create_app`` wires intake, export and telemetry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import psutil
+from aiohttp import web
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry
+
+from ._intake import Intake
+from ._instruments import IntakeInstruments
+from ._rate_limit import RateLimiter
+from ._runner import ExportRunner
+from ._settings import Settings
+from ._spool import SpoolWriter
+from .web_handlers import SERVICE, Service, routes
+from .web_middlewares import create_middlewares
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    runner: ExportRunner,
+    meter_provider: MeterProvider,
+    registry: CollectorRegistry,
+) -> web.Application:
+    """The sidecar's HTTP app. ``runner`` hosts the export side; ``meter_provider`` and ``registry``
+    carry the intake's own metrics (the caller owns and shuts them down)."""
+    writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
+    intake = Intake(writer, max_spool_bytes=settings.spool_max_bytes, limits=settings.limits)
+    instruments = IntakeInstruments.create(meter_provider.get_meter("otel_service.intake"))
+    service = Service(settings, intake, runner, instruments, registry, psutil.Process())
+    app = web.Application(
+        middlewares=create_middlewares(
+            stats=intake.stats,
+            instruments=instruments,
+            auth_token=settings.auth_token,
+            limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
+            cors_origins=settings.cors_origins,
+        ),
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SERVICE] = service
+    app.add_routes(routes())
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        runner.start()
+        sync = None
+        if settings.spool_fsync == "interval":
+            import asyncio
+
+            async def fsync_loop() -> None:
+                while True:
+                    await asyncio.sleep(0.1)
+                    writer.sync()
+
+            sync = asyncio.create_task(fsync_loop())
+        yield
+        intake.closed = True
+        if sync is not None:
+            sync.cancel()
+        writer.close()
+        await runner.stop(settings.shutdown_timeout)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,254 @@
+"""HTTP handlers: intake endpoints, metrics, health probes, the OpenAPI document and the dashboard."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import psutil
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from ._correlation import parse_traceparent
+from ._errors import InvalidEvent, PayloadTooLarge, UnsupportedMediaType
+from ._intake import Intake
+from ._instruments import IntakeInstruments
+from ._openapi import openapi_document
+from ._runner import ExportRunner
+from ._settings import Settings
+from ._validation import parse_batch, parse_track
+from ._version import __version__
+
+__all__ = ["SERVICE", "Service", "routes"]
+
+_JSON_TYPES = frozenset({"application/json"})
+_BATCH_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl"})
+#: /ready turns not-ready at this spool fill ratio, before intake refuses at 1.0.
+READY_FILL_RATIO = 0.8
+
+
+@dataclass
+class Service:
+    settings: Settings
+    intake: Intake
+    runner: ExportRunner
+    instruments: IntakeInstruments
+    registry: CollectorRegistry
+    process: psutil.Process
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+async def _body(request: web.Request, allowed: frozenset[str], service: Service) -> bytes:
+    if request.content_type not in allowed:
+        raise UnsupportedMediaType(
+            f"Content-Type must be one of {sorted(allowed)}, got {request.content_type!r}",
+            field="Content-Type",
+        )
+    if request.charset not in (None, "utf-8", "UTF-8"):
+        raise UnsupportedMediaType("only UTF-8 bodies are accepted", field="Content-Type")
+    limit = service.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$")
+    body = bytearray()
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"body exceeds {limit} bytes after decompression", field="$")
+    except (web.HTTPException, PayloadTooLarge):
+        raise
+    except Exception as exc:  # aiohttp raises ContentEncodingError etc. for corrupt bodies
+        raise InvalidEvent(
+            f"could not read the body: {type(exc).__name__}", field="$", reason="corrupt_body"
+        ) from None
+    if not body:
+        raise InvalidEvent("empty body", field="$", reason="empty_body")
+    return bytes(body)
+
+
+def _count(service: Service, endpoint: str, reason: str, n: int = 1) -> None:
+    service.intake.stats.rejected[reason] += n
+    service.instruments.rejected.add(n, {"endpoint": endpoint, "reason": reason})
+
+
+async def track(request: web.Request) -> web.Response:
+    """The lab's ``POST /track``: one flat event."""
+    service = request.app[SERVICE]
+    body = await _body(request, _JSON_TYPES, service)
+    event = parse_track(body, time.time(), service.settings.limits)
+    accepted = service.intake.accept(
+        [(0, event)],
+        source="track",
+        header_correlation_id=_header_correlation(request),
+        parent=parse_traceparent(request.headers.get("traceparent")),
+    )[0]
+    service.instruments.received.add(1, {"endpoint": "/track", "kind": "llm_call"})
+    return web.json_response(
+        {
+            "status": "success",
+            "message": "Metrics tracked successfully",
+            "prometheus_updated": True,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "correlation_id": accepted.correlation_id,
+            "trace_id": accepted.trace_id,
+        },
+        status=202,
+        headers={"X-Correlation-ID": accepted.correlation_id},
+    )
+
+
+def _header_correlation(request: web.Request) -> str | None:
+    return request.headers.get("X-Correlation-ID") or request.headers.get("X-Request-ID")
+
+
+async def events(request: web.Request) -> web.Response:
+    """``POST /v1/events``: one event, a JSON array, or NDJSON; valid items are accepted."""
+    service = request.app[SERVICE]
+    body = await _body(request, _BATCH_TYPES, service)
+    parsed = parse_batch(
+        body,
+        ndjson=request.content_type != "application/json",
+        now=time.time(),
+        limits=service.settings.limits,
+    )
+    valid = [(item.index, item.event) for item in parsed if item.event is not None]
+    errors = [item for item in parsed if item.error is not None]
+    parent = parse_traceparent(request.headers.get("traceparent"))
+    header_cid = _header_correlation(request)
+    accepted = service.intake.accept(
+        valid, source="events", header_correlation_id=header_cid, parent=parent
+    )
+    for _, event in valid:
+        kind = type(event).__struct_config__.tag
+        service.instruments.received.add(1, {"endpoint": "/v1/events", "kind": str(kind)})
+    for item in errors:
+        assert item.error is not None
+        _count(service, "/v1/events", item.error.reason)
+    if len(parsed) == 1 and accepted:
+        correlation_id = accepted[0].correlation_id
+    elif header_cid:
+        correlation_id = header_cid
+    elif parent is not None:
+        correlation_id = parent.trace_id
+    else:
+        correlation_id = accepted[0].trace_id if accepted else ""
+    answer: dict[str, Any] = {
+        "accepted": len(accepted),
+        "rejected": len(errors),
+        "errors": [
+            {"index": item.index, **item.error.to_json()} for item in errors if item.error is not None
+        ],
+    }
+    if len(parsed) == 1 and accepted:
+        answer["correlation_id"] = accepted[0].correlation_id
+        answer["trace_id"] = accepted[0].trace_id
+        answer["span_id"] = accepted[0].span_id
+    status = 202 if accepted else 400
+    headers = {"X-Correlation-ID": correlation_id} if correlation_id else {}
+    return web.json_response(answer, status=status, headers=headers)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: the intake's own metrics and the exporter's (event) metrics."""
+    service = request.app[SERVICE]
+    exported = await service.runner.metrics_text()
+    own = generate_latest(service.registry)
+    return web.Response(
+        body=exported + own, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "healthy", "version": __version__})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: intake open, exporter alive, and the spool below its high-water mark."""
+    service = request.app[SERVICE]
+    problems = []
+    if service.intake.closed:
+        problems.append("shutting down")
+    if not service.runner.alive():
+        problems.append("export worker not running")
+    fill = service.intake.fill_ratio
+    if fill >= READY_FILL_RATIO:
+        problems.append(f"export spool {fill:.0%} full")
+    body = {"status": "ready" if not problems else "not_ready", "problems": problems}
+    return web.json_response(body, status=200 if not problems else 503)
+
+
+async def health_detailed(request: web.Request) -> web.Response:
+    """Uptime, resources, request and event counts, and the export path's state."""
+    service = request.app[SERVICE]
+    stats = service.intake.stats
+    process = service.process
+    with process.oneshot():
+        memory = process.memory_info().rss
+        cpu = process.cpu_percent(interval=None)
+    uptime = time.time() - stats.started
+    export = await service.runner.status()
+    return web.json_response(
+        {
+            "status": "healthy" if service.runner.alive() else "degraded",
+            "service": service.settings.service_name,
+            "version": __version__,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "uptime": {
+                "seconds": round(uptime, 3),
+                "hours": round(uptime / 3600, 4),
+                "days": round(uptime / 86400, 5),
+                "started_at": _iso(stats.started),
+            },
+            "system": {
+                "memory_usage_mb": round(memory / 2**20, 2),
+                "cpu_percent": cpu,
+                "process_id": os.getpid(),
+            },
+            "requests": {
+                "total": stats.requests,
+                "failed": stats.failed_requests,
+                "error_rate_percent": round(
+                    100 * stats.failed_requests / stats.requests if stats.requests else 0.0, 3
+                ),
+                "last_request": _iso(stats.last_request),
+            },
+            "events": {
+                "accepted": dict(stats.accepted),
+                "rejected": dict(stats.rejected),
+            },
+            "export": export,
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    html = resources.files("otel_service").joinpath("dashboard.html").read_bytes()
+    return web.Response(body=html, content_type="text/html")
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/track", track),
+        web.post("/v1/events", events),
+        web.get("/metrics", metrics),
+        web.get("/health", health),
+        web.get("/ready", ready),
+        web.get("/health/detailed", health_detailed),
+        web.get("/openapi.json", openapi),
+        web.get("/", dashboard),
+    ]
