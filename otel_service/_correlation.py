@@ -6,7 +6,13 @@ import os
 import re
 from dataclasses import dataclass
 
-__all__ = ["TraceContext", "new_span_id", "new_trace_id", "parse_traceparent", "resolve_correlation_id"]
+__all__ = [
+    "TraceContext",
+    "new_span_id",
+    "new_trace_id",
+    "parse_traceparent",
+    "resolve_correlation_id",
+]
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _HEADER_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -1,13 +1,13 @@
 """Errors the service raises; one middleware turns them into JSON HTTP answers.
 
-    OtelServiceError
-    ├── RequestRejected            (4xx: the client sent something we refuse)
-    │   ├── InvalidEvent           (400/422: a field is wrong; names the field)
-    │   ├── PayloadTooLarge        (413)
-    │   ├── UnsupportedMediaType   (415)
-    │   ├── Unauthorized           (401)
-    │   └── RateLimited            (429, with Retry-After)
-    └── Unavailable                (503, with Retry-After: spool full, shutting down)
+OtelServiceError
+├── RequestRejected            (4xx: the client sent something we refuse)
+│   ├── InvalidEvent           (400/422: a field is wrong; names the field)
+│   ├── PayloadTooLarge        (413)
+│   ├── UnsupportedMediaType   (415)
+│   ├── Unauthorized           (401)
+│   └── RateLimited            (429, with Retry-After)
+└── Unavailable                (503, with Retry-After: spool full, shutting down)
 """
 
 from __future__ import annotations

@@ -177,4 +177,8 @@ class LabTrack(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 Event: TypeAlias = LlmCall | Prediction | Feedback
-EVENT_TYPES: tuple[type[LlmCall], type[Prediction], type[Feedback]] = (LlmCall, Prediction, Feedback)
+EVENT_TYPES: tuple[type[LlmCall], type[Prediction], type[Feedback]] = (
+    LlmCall,
+    Prediction,
+    Feedback,
+)

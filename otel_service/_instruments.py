@@ -7,13 +7,13 @@ produce exactly those names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Counter, Histogram, Meter
+from opentelemetry.metrics import Counter, Histogram, Meter, Observation
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
-__all__ = ["IntakeInstruments", "WorkerInstruments", "create_views"]
+__all__ = ["IntakeInstruments", "WorkerInstruments", "create_views", "register_observables"]
 
 #: Advised boundaries of ``gen_ai.client.operation.duration`` (seconds).
 GEN_AI_DURATION_BUCKETS = (
@@ -24,7 +24,22 @@ GEN_AI_TOKEN_BUCKETS = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
 #: prometheus_client's default buckets, which the lab's ``ai_response_time_seconds`` used.
-LAB_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+LAB_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 #: The ML lab's prediction latency buckets (seconds).
 ML_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -84,7 +99,9 @@ class WorkerInstruments:
     def create(cls, meter: Meter) -> WorkerInstruments:
         return cls(
             operation_duration=meter.create_histogram(
-                "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration."
+                "gen_ai.client.operation.duration",
+                unit="s",
+                description="GenAI operation duration.",
             ),
             token_usage=meter.create_histogram(
                 "gen_ai.client.token.usage",
@@ -131,7 +148,9 @@ class WorkerInstruments:
                 "ai.message.length", unit="{char}", description="Length of user and AI messages."
             ),
             predictions=meter.create_counter(
-                "ml.predictions", unit="{prediction}", description="Total number of predictions made"
+                "ml.predictions",
+                unit="{prediction}",
+                description="Total number of predictions made",
             ),
             prediction_duration=meter.create_histogram(
                 "ml.prediction.duration",
@@ -139,7 +158,10 @@ class WorkerInstruments:
                 description="Time spent processing prediction requests",
             ),
             prediction_confidence=meter.create_histogram(
-                "ml.prediction.confidence", unit="1", description="Confidence of predictions."
+                # Dimensionless, but no unit "1": it would render as _ratio only on some exporters.
+                "ml.prediction.confidence",
+                unit="",
+                description="Confidence of predictions.",
             ),
             feedback=meter.create_counter(
                 "ml.feedback",
@@ -168,6 +190,38 @@ class WorkerInstruments:
                 description="Items discarded, by signal and reason (should stay 0).",
             ),
         )
+
+
+def register_observables(
+    meter: Meter,
+    *,
+    drift_scores: Callable[[], dict[tuple[str, str], float]],
+    spool_bytes: Callable[[], int],
+    oldest_age: Callable[[], float],
+) -> None:
+    """Gauges read at collection time: drift per feature, and the spool's backlog."""
+    meter.create_observable_gauge(
+        "data_drift_score",
+        callbacks=[
+            lambda _: [
+                Observation(score, {"model_name": model, "feature": feature})
+                for (model, feature), score in drift_scores().items()
+            ]
+        ],
+        description="Kolmogorov-Smirnov distance between a feature's reference and recent values.",
+    )
+    meter.create_observable_gauge(
+        "otel_service.spool.size",
+        unit="By",
+        callbacks=[lambda _: [Observation(spool_bytes())]],
+        description="Bytes of accepted events not yet delivered.",
+    )
+    meter.create_observable_gauge(
+        "otel_service.spool.oldest_age",
+        unit="s",
+        callbacks=[lambda _: [Observation(oldest_age())]],
+        description="Age of the oldest accepted event not yet delivered.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

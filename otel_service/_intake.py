@@ -83,9 +83,7 @@ class Intake:
         if self.closed:
             raise Unavailable("shutting down", reason="shutting_down", retry_after=5)
         if self.spool_bytes() >= self._max_bytes:
-            raise Unavailable(
-                "the export spool is full; retry later", reason="spool_full", retry_after=10
-            )
+            raise Unavailable("the export spool is full; retry later", reason="spool_full", retry_after=10)
         now = time.time()
         received_ns = time.time_ns()
         request_trace = new_trace_id() if parent is None else parent.trace_id
@@ -99,9 +97,7 @@ class Intake:
             else:
                 trace_id, parent_span = request_trace, None
             span_id = new_span_id()
-            own_parent = (
-                TraceContext(trace_id, parent_span) if parent_span is not None else parent
-            )
+            own_parent = TraceContext(trace_id, parent_span) if parent_span is not None else parent
             correlation_id = resolve_correlation_id(
                 event.correlation_id, header_correlation_id, own_parent, trace_id
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import IO, Any
 
 import orjson
@@ -28,7 +29,7 @@ class _LineSink:
             self._stream.flush()
 
 
-def _render(_: Any, __: str, event_dict: dict[str, Any]) -> bytes:
+def _render(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> bytes:
     return orjson.dumps(event_dict)
 
 

@@ -126,25 +126,34 @@ def openapi_document() -> dict[str, Any]:
                             "description": "At least one event accepted; rejected items listed.",
                             "headers": correlation_header,
                             "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/BatchResult"}
-                                }
+                                "application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}
                             },
                         },
                         **_errors(400, 401, 413, 415, 429, 503),
                     },
                 }
             },
-            "/metrics": {"get": {"summary": "Prometheus text.", "responses": {"200": {"description": "Metrics."}}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text.",
+                    "responses": {"200": {"description": "Metrics."}},
+                }
+            },
             "/health": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "Alive."}}}},
             "/ready": {
                 "get": {
                     "summary": "Readiness (export path included).",
-                    "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
+                    "responses": {
+                        "200": {"description": "Ready."},
+                        "503": {"description": "Not ready."},
+                    },
                 }
             },
             "/health/detailed": {
-                "get": {"summary": "Uptime, resources, counts, export state.", "responses": {"200": {"description": "Details."}}}
+                "get": {
+                    "summary": "Uptime, resources, counts, export state.",
+                    "responses": {"200": {"description": "Details."}},
+                }
             },
         },
         "components": {"schemas": components},

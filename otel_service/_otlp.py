@@ -108,9 +108,7 @@ def traces_request(
     resource: Resource, scope: InstrumentationScope, spans: Sequence[Span]
 ) -> ExportTraceServiceRequest:
     return ExportTraceServiceRequest(
-        resource_spans=[
-            ResourceSpans(resource=resource, scope_spans=[ScopeSpans(scope=scope, spans=spans)])
-        ]
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(scope=scope, spans=spans)])]
     )
 
 

@@ -19,6 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from . import _otlp
+from ._drift import DriftTracker
 from ._events import Feedback, LlmCall, Prediction
 from ._instruments import WorkerInstruments
 from ._labels import LabelGuard, infer_provider
@@ -87,8 +88,10 @@ class Recorder:
         default_provider: str = "_OTHER",
         max_tenants: int = 200,
         max_label_values: int = 200,
+        drift: DriftTracker | None = None,
     ) -> None:
         self._m = instruments
+        self.drift = drift if drift is not None else DriftTracker()
         self._prices = prices
         self._logger = logger
         self._service = service_name
@@ -197,13 +200,9 @@ class Recorder:
             sums.add(m.lab_handoffs, tenant, 1)
             sums.add(m.outcomes, {**tenant, "outcome": "human_handoff"}, 1)
         if e.user_message_length is not None:
-            m.message_length.record(
-                e.user_message_length, {"role": "user", "gen_ai.request.model": model}
-            )
+            m.message_length.record(e.user_message_length, {"role": "user", "gen_ai.request.model": model})
         if e.response_length is not None:
-            m.message_length.record(
-                e.response_length, {"role": "assistant", "gen_ai.request.model": model}
-            )
+            m.message_length.record(e.response_length, {"role": "assistant", "gen_ai.request.model": model})
         sums.add(m.processed, {"kind": "llm_call"}, 1)
 
         fields: Attrs = {
@@ -286,6 +285,8 @@ class Recorder:
         m.prediction_duration.record(e.duration_ms / 1000.0, ids, context=ctx)
         if e.confidence is not None:
             m.prediction_confidence.record(e.confidence, ids)
+        if e.features:
+            self.drift.observe(model, e.features)
         sums.add(m.processed, {"kind": "prediction"}, 1)
         fields: Attrs = {
             "model": e.model,
@@ -347,9 +348,7 @@ class Recorder:
             "ml.feedback.source": e.source,
             "app.business_id": e.business_id,
         }
-        self._emit(
-            env, f"feedback {e.model}", _otlp.KIND_INTERNAL, 0.0, None, span_attrs, fields, out
-        )
+        self._emit(env, f"feedback {e.model}", _otlp.KIND_INTERNAL, 0.0, None, span_attrs, fields, out)
 
     # -- shared ----------------------------------------------------------------------------------
 

@@ -24,13 +24,13 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import generate_latest
 
-from ._instruments import WorkerInstruments
+from ._instruments import WorkerInstruments, register_observables
 from ._logging import create_event_logger
 from ._pricing import load_price_table
 from ._recorder import Recorder
 from ._sender import create_sender
 from ._settings import Settings
-from ._spool import SpoolReader
+from ._spool import SpoolReader, stats
 from ._telemetry import Metrics, create_metrics, create_resource, resource_proto
 from ._worker import ExportWorker
 
@@ -52,7 +52,8 @@ def build_worker(
 ) -> WorkerParts:
     """Everything the export side needs, wired from settings."""
     metrics = create_metrics(settings, resource, extra_readers=extra_readers)
-    instruments = WorkerInstruments.create(metrics.provider.get_meter("otel_service.export"))
+    meter = metrics.provider.get_meter("otel_service.export")
+    instruments = WorkerInstruments.create(meter)
     recorder = Recorder(
         instruments,
         prices=load_price_table(settings.price_table),
@@ -79,6 +80,12 @@ def build_worker(
         sender=sender,
         resource=resource_proto(resource),
         batch_size=settings.export_batch_size,
+    )
+    register_observables(
+        meter,
+        drift_scores=recorder.drift.scores,
+        spool_bytes=lambda: stats(settings.spool_dir).bytes,
+        oldest_age=worker.oldest_age,
     )
     return WorkerParts(worker, metrics)
 

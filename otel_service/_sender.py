@@ -86,7 +86,7 @@ class HttpSender:
                 try:
                     answer = self._responses[signal].FromString(response.content)
                     rejected = _rejected(answer)
-                except Exception:  # noqa: BLE001 - a malformed success body is still a success
+                except Exception:
                     rejected = 0
             return SendResult(True, rejected=rejected)
         retry = response.status_code in _RETRYABLE_HTTP
@@ -146,9 +146,7 @@ class GrpcSender:
         self._channel.close()
 
 
-def create_sender(
-    endpoint: str, protocol: str, headers: Mapping[str, str], timeout: float
-) -> Sender:
+def create_sender(endpoint: str, protocol: str, headers: Mapping[str, str], timeout: float) -> Sender:
     if protocol == "grpc":
         return GrpcSender(endpoint, headers, timeout)
     return HttpSender(endpoint, headers, timeout)

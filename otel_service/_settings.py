@@ -34,7 +34,8 @@ ENVIRONMENT: dict[str, str] = {
     "OTELSVC_AUTH_TOKEN": "bearer token required on intake endpoints when set",
     "OTELSVC_SPOOL_DIR": "directory of the durable export spool (default: $XDG_STATE_HOME/otel-service)",
     "OTELSVC_SPOOL_MAX_BYTES": "spool size bound; at it intake answers 503 (default: 1073741824)",
-    "OTELSVC_SPOOL_FSYNC": "never | interval | always: fsync policy (default: never; a process crash loses nothing)",
+    "OTELSVC_SPOOL_FSYNC": "never | interval | always: when to fsync the spool (default: never; "
+    "a crash of the process loses nothing, a power loss may)",
     "OTELSVC_EXPORT_MODE": "process (export in a child process, default) or thread",
     "OTELSVC_MAX_BODY_BYTES": "largest request body after decompression (default: 1048576)",
     "OTELSVC_MAX_BATCH_ITEMS": "most events in one request (default: 1000)",
@@ -87,7 +88,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _default_spool(env: Mapping[str, str]) -> Path:
-    state = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/tmp")) / ".local" / "state")
+    state = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "state")
     return Path(state) / "otel-service" / "spool"
 
 
@@ -113,7 +114,7 @@ class Settings:
     spool_fsync: str = "never"
     export_mode: str = "process"
     max_body_bytes: int = 1 << 20
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     max_tenants: int = 200
     max_label_values: int = 200
     cardinality_limit: int = 2000

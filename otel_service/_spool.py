@@ -42,7 +42,6 @@ class Position:
 class SpoolStats:
     segments: int
     bytes: int
-    oldest_segment_mtime: float | None
 
 
 def _segment_name(number: int) -> str:
@@ -81,7 +80,6 @@ def stats(directory: Path) -> SpoolStats:
     cursor = read_cursor(directory) or Position(0, 0)
     total = 0
     count = 0
-    oldest: float | None = None
     for number in _segments(directory):
         if number < cursor.segment:
             continue
@@ -94,8 +92,7 @@ def stats(directory: Path) -> SpoolStats:
             continue
         total += pending
         count += 1
-        oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
-    return SpoolStats(count, total, oldest)
+    return SpoolStats(count, total)
 
 
 class SpoolWriter:
@@ -114,9 +111,7 @@ class SpoolWriter:
         self._dirty = False
 
     def _open(self, number: int) -> int:
-        return os.open(
-            self.directory / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+        return os.open(self.directory / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, payloads: Iterable[bytes]) -> int:
         """Append records in one write; returns the bytes written. Raises ``OSError`` on failure."""

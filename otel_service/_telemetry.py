@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceProto
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -49,7 +50,7 @@ def create_resource(settings: Settings, instance_id: str) -> Resource:
     return Resource(attributes)
 
 
-def resource_proto(resource: Resource) -> _otlp.Resource:
+def resource_proto(resource: Resource) -> ResourceProto:
     return _otlp.resource_proto(
         {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
     )

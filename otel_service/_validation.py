@@ -19,7 +19,7 @@ import msgspec
 from ._errors import InvalidEvent
 from ._events import Event, Feedback, LabTrack, LlmCall, Prediction
 
-__all__ = ["Limits", "ParsedItem", "parse_batch", "parse_track", "event_time"]
+__all__ = ["Limits", "ParsedItem", "event_time", "parse_batch", "parse_track"]
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
@@ -88,7 +88,9 @@ def _decode(text: str, raw: bytes, where: str) -> Any:
         ) from None
     except _NonFinite as exc:
         raise InvalidEvent(
-            f"non-finite number {exc.args[0]!r} is not allowed", field=where, reason="invalid_number"
+            f"non-finite number {exc.args[0]!r} is not allowed",
+            field=where,
+            reason="invalid_number",
         ) from None
     except RecursionError:
         raise InvalidEvent("JSON nested too deeply", field=where, reason="too_deep") from None
@@ -143,9 +145,7 @@ def _convert(obj: Any, model: type[Any] | Any, prefix: str) -> Any:
 def _invalid(message: str, prefix: str) -> InvalidEvent:
     match = _PATH.search(message)
     if match:
-        return InvalidEvent(
-            message[: match.start()], field=prefix + match["path"], reason="invalid_field"
-        )
+        return InvalidEvent(message[: match.start()], field=prefix + match["path"], reason="invalid_field")
     if m := _UNKNOWN.search(message):
         return InvalidEvent(message, field=f"{prefix}.{m['name']}", reason="unknown_field")
     if m := _MISSING.search(message):
@@ -161,7 +161,9 @@ def event_time(event: Event | LabTrack, now: float, limits: Limits, where: str) 
     if isinstance(stamp, datetime):
         if stamp.tzinfo is None:
             raise InvalidEvent(
-                "timestamp needs a time zone (e.g. Z)", field=f"{where}.timestamp", reason="invalid_field"
+                "timestamp needs a time zone (e.g. Z)",
+                field=f"{where}.timestamp",
+                reason="invalid_field",
             )
         seconds = stamp.timestamp()
     else:
@@ -204,9 +206,7 @@ def parse_track(body: bytes, now: float, limits: Limits) -> LlmCall:
     return track.to_llm_call()
 
 
-def _items(
-    body: bytes, ndjson: bool, limits: Limits
-) -> Iterator[tuple[int, str, Any, InvalidEvent | None]]:
+def _items(body: bytes, ndjson: bool, limits: Limits) -> Iterator[tuple[int, str, Any, InvalidEvent | None]]:
     text = _text(body)
     if ndjson:
         lines = [line for line in text.splitlines() if line.strip()]

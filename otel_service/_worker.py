@@ -89,6 +89,8 @@ class ExportWorker:
         self._stop = threading.Event()
         self._deadline: float | None = None
         self._idle = threading.Event()
+        #: Intake time of the oldest record not yet delivered (None when caught up).
+        self.oldest_pending_ns: int | None = None
 
     # -- control -------------------------------------------------------------------------------
 
@@ -135,6 +137,7 @@ class ExportWorker:
             self._reader.corrupt_bytes = 0
             self._drop("all", "corrupt_spool_bytes", corrupt)
         if not payloads:
+            self.oldest_pending_ns = None
             return False
         envelopes: list[Envelope] = []
         for payload in payloads:
@@ -142,6 +145,8 @@ class ExportWorker:
                 envelopes.append(decode_envelope(payload))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self._drop("all", "undecodable_record", 1)
+        if envelopes:
+            self.oldest_pending_ns = envelopes[0].received_ns
         recorded = self._recorder.record(envelopes)
         self.status.processed += len(envelopes)
         if self._sender is not None and envelopes:
@@ -209,7 +214,15 @@ class ExportWorker:
         self.status.dropped[reason] += count
         self._m.dropped.add(count, {"signal": signal, "reason": reason})
 
+    def oldest_age(self) -> float:
+        """Seconds since the oldest undelivered event was accepted (0 when caught up)."""
+        oldest = self.oldest_pending_ns
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e9)
+
     def spool_json(self) -> dict[str, Any]:
         current = stats(self._reader.directory)
-        age = time.time() - current.oldest_segment_mtime if current.oldest_segment_mtime else 0.0
-        return {"segments": current.segments, "bytes": current.bytes, "oldest_age_seconds": age}
+        return {
+            "segments": current.segments,
+            "bytes": current.bytes,
+            "oldest_age_seconds": round(self.oldest_age(), 3),
+        }

@@ -53,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (env OTELSVC_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (env OTELSVC_PORT, default 5001)")
     send = commands.add_parser("send", help="post events to a running sidecar")
-    send.add_argument(
-        "file", nargs="?", help="JSON or NDJSON file of events (default: one sample LLM call)"
-    )
+    send.add_argument("file", nargs="?", help="JSON or NDJSON file of events (default: one sample LLM call)")
     send.add_argument("--url", default=None, help="sidecar base URL (default from OTELSVC_PORT)")
     send.add_argument("--token", default=os.environ.get("OTELSVC_AUTH_TOKEN"), help="bearer token")
     send.add_argument("--timeout", type=float, default=5.0)

@@ -9,8 +9,8 @@ from aiohttp import web
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
 
-from ._intake import Intake
 from ._instruments import IntakeInstruments
+from ._intake import Intake
 from ._rate_limit import RateLimiter
 from ._runner import ExportRunner
 from ._settings import Settings

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ._correlation import parse_traceparent
 from ._errors import InvalidEvent, PayloadTooLarge, UnsupportedMediaType
-from ._intake import Intake
 from ._instruments import IntakeInstruments
+from ._intake import Intake
 from ._openapi import openapi_document
 from ._runner import ExportRunner
 from ._settings import Settings
@@ -125,9 +125,7 @@ async def events(request: web.Request) -> web.Response:
     errors = [item for item in parsed if item.error is not None]
     parent = parse_traceparent(request.headers.get("traceparent"))
     header_cid = _header_correlation(request)
-    accepted = service.intake.accept(
-        valid, source="events", header_correlation_id=header_cid, parent=parent
-    )
+    accepted = service.intake.accept(valid, source="events", header_correlation_id=header_cid, parent=parent)
     for _, event in valid:
         kind = type(event).__struct_config__.tag
         service.instruments.received.add(1, {"endpoint": "/v1/events", "kind": str(kind)})

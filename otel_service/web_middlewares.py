@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ._errors import OtelServiceError, RateLimited, Unauthorized
-from ._intake import IntakeStats
 from ._instruments import IntakeInstruments
+from ._intake import IntakeStats
 from ._rate_limit import RateLimiter
 
 __all__ = ["create_middlewares"]
@@ -67,9 +67,7 @@ def create_middlewares(
                 raise
         except Exception:
             _log.exception("unexpected error on %s %s", request.method, request.path)
-            response = web.json_response(
-                {"error": "internal", "message": "internal error"}, status=500
-            )
+            response = web.json_response({"error": "internal", "message": "internal error"}, status=500)
         if response.status >= 400:
             stats.failed_requests += 1
         instruments.request_duration.record(

@@ -1,0 +1,275 @@
+"""A fire-and-forget client for apps: ``EventClient`` (threads) and ``AsyncEventClient`` (asyncio).
+
+Events go into a bounded queue and are posted in batches to ``/v1/events`` by a background worker. No
+method raises into the app or blocks it beyond a queue insert; everything dropped is counted in
+``dropped`` by reason: ``queue_full``, ``closed``, ``rejected`` (the sidecar refused the item),
+``send_failed`` (unreachable or still refusing after retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+
+__all__ = ["AsyncEventClient", "EventClient"]
+
+_RETRY_STATUS = frozenset({429, 502, 503, 504})
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    try:
+        return min(30.0, max(0.0, float(value))) if value else default
+    except ValueError:
+        return default
+
+
+class _Accounting:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.dropped: Counter[str] = Counter()
+
+    def settle(self, status: int, body: bytes, count: int) -> None:
+        """Account for a final answer of the sidecar to a batch of ``count`` events."""
+        if status == 202:
+            try:
+                answer = json.loads(body)
+                rejected = int(answer.get("rejected", 0))
+            except (ValueError, AttributeError, TypeError):
+                rejected = 0
+            self.sent += count - rejected
+            if rejected:
+                self.dropped["rejected"] += rejected
+        elif 400 <= status < 500 and status not in _RETRY_STATUS:
+            self.dropped["rejected"] += count
+        else:
+            self.dropped["send_failed"] += count
+
+
+class EventClient:
+    """Thread-based client; safe to call from any thread."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:5001",
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        max_queue: int = 10_000,
+        batch_size: int = 100,
+        flush_interval: float = 0.2,
+        max_retries: int = 3,
+    ) -> None:
+        parsed = urlparse(url)
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._https = parsed.scheme == "https"
+        self._path = (parsed.path.rstrip("/") or "") + "/v1/events"
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = timeout
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._max_retries = max_retries
+        self._queue: queue.Queue[Mapping[str, Any]] = queue.Queue(maxsize=max_queue)
+        self._accounting = _Accounting()
+        self._closed = False
+        self._conn: http.client.HTTPConnection | None = None
+        self._inflight = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="otel-service-client", daemon=True)
+        self._thread.start()
+
+    @property
+    def sent(self) -> int:
+        return self._accounting.sent
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self._accounting.dropped
+
+    def send(self, event: Mapping[str, Any]) -> bool:
+        """Queue one event; ``False`` (and counted) if it had to be dropped."""
+        if self._closed:
+            self._accounting.dropped["closed"] += 1
+            return False
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._accounting.dropped["queue_full"] += 1
+            return False
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far was sent (or dropped)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                if self._queue.empty() and self._inflight == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued (within ``timeout``), then stop; later events count as ``closed``."""
+        self.flush(timeout)
+        self._closed = True
+        self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        while not (self._closed and self._queue.empty()):
+            try:
+                first = self._queue.get(timeout=self._interval)
+            except queue.Empty:
+                continue
+            with self._lock:
+                batch = [first]
+                while len(batch) < self._batch_size:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._inflight = len(batch)
+            try:
+                self._post(batch)
+            except Exception:  # never let the app's telemetry thread die
+                self._accounting.dropped["send_failed"] += len(batch)
+            finally:
+                with self._lock:
+                    self._inflight = 0
+
+    def _post(self, batch: list[Mapping[str, Any]]) -> None:
+        body = json.dumps(batch).encode()
+        delay = 0.1
+        for attempt in range(self._max_retries + 1):
+            try:
+                status, answer, retry_after = self._request(body)
+            except (OSError, http.client.HTTPException):
+                self._conn = None
+                status, answer, retry_after = 0, b"", None
+            if status not in _RETRY_STATUS and status != 0:
+                self._accounting.settle(status, answer, len(batch))
+                return
+            if attempt < self._max_retries and not self._closed:
+                time.sleep(_retry_after(retry_after, delay))
+                delay *= 2
+        self._accounting.dropped["send_failed"] += len(batch)
+
+    def _request(self, body: bytes) -> tuple[int, bytes, str | None]:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout)
+        self._conn.request("POST", self._path, body=body, headers=self._headers)
+        response = self._conn.getresponse()
+        return response.status, response.read(), response.getheader("Retry-After")
+
+
+class AsyncEventClient:
+    """asyncio client; create it inside a running loop and ``await close()`` when done."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:5001",
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        max_queue: int = 10_000,
+        batch_size: int = 100,
+        flush_interval: float = 0.2,
+        max_retries: int = 3,
+    ) -> None:
+        self._url = url.rstrip("/") + "/v1/events"
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._max_retries = max_retries
+        self._queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=max_queue)
+        self._accounting = _Accounting()
+        self._closed = False
+        self._session: aiohttp.ClientSession | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def sent(self) -> int:
+        return self._accounting.sent
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self._accounting.dropped
+
+    def send(self, event: Mapping[str, Any]) -> bool:
+        """Queue one event without awaiting; ``False`` (and counted) if dropped."""
+        if self._closed:
+            self._accounting.dropped["closed"] += 1
+            return False
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._accounting.dropped["queue_full"] += 1
+            return False
+        return True
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 10.0) -> None:
+        await self.flush(timeout)
+        self._closed = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._post(batch)
+            except Exception:  # never let the app's telemetry task die
+                self._accounting.dropped["send_failed"] += len(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _post(self, batch: list[Mapping[str, Any]]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        body = json.dumps(batch).encode()
+        delay = 0.1
+        for attempt in range(self._max_retries + 1):
+            retry_after = None
+            try:
+                async with self._session.post(self._url, data=body, headers=self._headers) as resp:
+                    status, answer = resp.status, await resp.read()
+                    retry_after = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError):
+                status, answer = 0, b""
+            if status not in _RETRY_STATUS and status != 0:
+                self._accounting.settle(status, answer, len(batch))
+                return
+            if attempt < self._max_retries:
+                await asyncio.sleep(_retry_after(retry_after, delay))
+                delay *= 2
+        self._accounting.dropped["send_failed"] += len(batch)
