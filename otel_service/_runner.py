@@ -31,7 +31,7 @@ from ._recorder import Recorder
 from ._sender import create_sender
 from ._settings import Settings
 from ._spool import SpoolReader, stats
-from ._telemetry import Metrics, create_metrics, create_resource, resource_proto
+from ._telemetry import Metrics, create_metrics, create_resource, resource_proto, shutdown_quietly
 from ._worker import ExportWorker
 
 __all__ = ["ExportRunner", "ProcessRunner", "ThreadRunner", "WorkerParts", "build_worker"]
@@ -127,7 +127,7 @@ class ThreadRunner:
     async def stop(self, timeout: float) -> None:
         self.parts.worker.stop(timeout)
         await asyncio.to_thread(self._thread.join, timeout + 1)
-        self.parts.metrics.provider.shutdown(timeout_millis=max(1000, timeout * 1000))
+        shutdown_quietly(self.parts.metrics.provider, timeout)
 
 
 # -- child process ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ._instruments import create_views
 from ._settings import Settings
 from ._version import __version__
 
-__all__ = ["Metrics", "create_metrics", "create_resource", "new_instance_id"]
+__all__ = ["Metrics", "create_metrics", "create_resource", "new_instance_id", "shutdown_quietly"]
 
 
 def new_instance_id() -> str:
@@ -101,6 +102,14 @@ def _otlp_metric_exporter(settings: Settings) -> MetricReader:
         export_timeout_millis=settings.metric_export_timeout * 1000,
         cardinality_limits=cardinality_limits(settings.cardinality_limit),
     )
+
+
+def shutdown_quietly(provider: MeterProvider, timeout: float) -> None:
+    """Flush and stop a meter provider; telemetry failures are logged, never raised."""
+    try:
+        provider.shutdown(timeout_millis=max(1.0, timeout) * 1000)
+    except Exception:
+        logging.getLogger("otel_service").warning("metric provider shutdown failed", exc_info=True)
 
 
 def create_metrics(

@@ -88,7 +88,6 @@ class ExportWorker:
         self.status = ExportStatus(enabled=sender is not None)
         self._stop = threading.Event()
         self._deadline: float | None = None
-        self._idle = threading.Event()
         #: Intake time of the oldest record not yet delivered (None when caught up).
         self.oldest_pending_ns: int | None = None
 
@@ -99,12 +98,9 @@ class ExportWorker:
         try:
             while True:
                 if not self.step():
-                    self._idle.set()
                     if self._stop.is_set():
                         break
                     time.sleep(_POLL_SECONDS)
-                else:
-                    self._idle.clear()
                 if self._past_deadline():
                     break
         finally:
@@ -116,12 +112,12 @@ class ExportWorker:
         self._stop.set()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until the worker has caught up with the spool (for tests and shutdown)."""
+        """Block until everything spooled so far is delivered and committed (tests, benchmarks)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            self._idle.clear()
-            if self._idle.wait(max(0.0, end - time.monotonic())):
+            if stats(self._reader.directory).bytes == 0:
                 return True
+            time.sleep(0.005)
         return False
 
     def _past_deadline(self) -> bool:

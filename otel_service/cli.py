@@ -18,7 +18,7 @@ from aiohttp import web
 from ._runner import ExportRunner, ProcessRunner, ThreadRunner, build_worker
 from ._settings import ENVIRONMENT, Settings, SettingsError
 from ._spool import SpoolLocked
-from ._telemetry import create_metrics, create_resource, new_instance_id
+from ._telemetry import create_metrics, create_resource, new_instance_id, shutdown_quietly
 from ._version import __version__
 from .web_app import create_app
 
@@ -99,7 +99,7 @@ def _serve(settings: Settings) -> int:
         shutdown_timeout=settings.shutdown_timeout,
         handle_signals=True,
     )
-    intake_metrics.provider.shutdown(timeout_millis=settings.shutdown_timeout * 1000)
+    shutdown_quietly(intake_metrics.provider, settings.shutdown_timeout)
     sys.stdout.flush()
     return 0
 

@@ -18,7 +18,16 @@ from ._spool import SpoolWriter
 from .web_handlers import SERVICE, Service, routes
 from .web_middlewares import create_middlewares
 
-__all__ = ["create_app"]
+__all__ = ["SERVER_OPTIONS", "create_app"]
+
+#: Options of the HTTP server that the app carries with it: bodies are decompressed by the handlers
+#: (with a bound on the output), and request lines and headers are bounded.
+SERVER_OPTIONS = {
+    "auto_decompress": False,
+    "max_line_size": 8190,
+    "max_field_size": 8190,
+    "max_headers": 64,
+}
 
 
 def create_app(
@@ -43,6 +52,7 @@ def create_app(
             cors_origins=settings.cors_origins,
         ),
         client_max_size=settings.max_body_bytes,
+        handler_args=SERVER_OPTIONS,
     )
     app[SERVICE] = service
     app.add_routes(routes())

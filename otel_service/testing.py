@@ -1,0 +1,222 @@
+"""Test doubles that ship with the package: a real in-process OTLP receiver (gRPC and HTTP).
+
+    with OtlpReceiver() as receiver:
+        ...  # point OTEL_EXPORTER_OTLP_ENDPOINT at receiver.grpc_endpoint or receiver.http_endpoint
+        receiver.wait_for_spans(10)
+        spans = receiver.spans()
+
+Failures can be injected (``receiver.fail(...)``) to exercise retries and backpressure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+__all__ = ["Failure", "OtlpReceiver"]
+
+_REQUESTS: dict[str, Any] = {
+    "traces": trace_service_pb2.ExportTraceServiceRequest,
+    "logs": logs_service_pb2.ExportLogsServiceRequest,
+    "metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+}
+_RESPONSES: dict[str, Any] = {
+    "traces": trace_service_pb2.ExportTraceServiceResponse,
+    "logs": logs_service_pb2.ExportLogsServiceResponse,
+    "metrics": metrics_service_pb2.ExportMetricsServiceResponse,
+}
+
+
+@dataclass
+class Failure:
+    """Answer the next ``count`` requests of ``signal`` (or all signals) with an error."""
+
+    count: int
+    http_status: int = 503
+    grpc_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    retry_after: float | None = None
+    delay: float = 0.0
+    signal: str | None = None
+
+
+class OtlpReceiver:
+    """Collects every OTLP export request it is sent, over gRPC and HTTP/protobuf."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._host = host
+        self._lock = threading.Condition()
+        self.requests: dict[str, list[Any]] = {"traces": [], "logs": [], "metrics": []}
+        self._failures: list[Failure] = []
+        self.refused: dict[str, int] = {"traces": 0, "logs": 0, "metrics": 0}
+        self._grpc: grpc.Server | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> OtlpReceiver:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self, "traces"), server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Servicer(self, "logs"), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+            _Servicer(self, "metrics"), server
+        )
+        self.grpc_port = server.add_insecure_port(f"{self._host}:0")
+        server.start()
+        self._grpc = server
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                signal = self.path.rstrip("/").rsplit("/", 1)[-1]
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if signal not in _REQUESTS:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                failure = receiver._take_failure(signal)
+                if failure is not None:
+                    time.sleep(failure.delay)
+                    self.send_response(failure.http_status)
+                    if failure.retry_after is not None:
+                        self.send_header("Retry-After", str(failure.retry_after))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                receiver._store(signal, _REQUESTS[signal].FromString(body))
+                answer = _RESPONSES[signal]().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer((self._host, 0), Handler)
+        self._http.daemon_threads = True
+        self.http_port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"http://{self._host}:{self.grpc_port}"
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://{self._host}:{self.http_port}"
+
+    # -- failure injection ---------------------------------------------------------------------
+
+    def fail(self, failure: Failure) -> None:
+        with self._lock:
+            self._failures.append(failure)
+
+    def _take_failure(self, signal: str) -> Failure | None:
+        with self._lock:
+            for failure in self._failures:
+                if failure.count > 0 and failure.signal in (None, signal):
+                    failure.count -= 1
+                    self.refused[signal] += 1
+                    return failure
+        return None
+
+    def _store(self, signal: str, request: Any) -> None:
+        with self._lock:
+            self.requests[signal].append(request)
+            self._lock.notify_all()
+
+    # -- reading what arrived ------------------------------------------------------------------
+
+    def spans(self) -> list[Span]:
+        with self._lock:
+            return [
+                span
+                for request in self.requests["traces"]
+                for resource_spans in request.resource_spans
+                for scope_spans in resource_spans.scope_spans
+                for span in scope_spans.spans
+            ]
+
+    def logs(self) -> list[LogRecord]:
+        with self._lock:
+            return [
+                record
+                for request in self.requests["logs"]
+                for resource_logs in request.resource_logs
+                for scope_logs in resource_logs.scope_logs
+                for record in scope_logs.log_records
+            ]
+
+    def metrics(self) -> list[Metric]:
+        """Every metric of every export request, in arrival order."""
+        with self._lock:
+            return [
+                metric
+                for request in self.requests["metrics"]
+                for resource_metrics in request.resource_metrics
+                for scope_metrics in resource_metrics.scope_metrics
+                for metric in scope_metrics.metrics
+            ]
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        with self._lock:
+            while not predicate():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def wait_for_spans(self, count: int, timeout: float = 10.0) -> bool:
+        return self._wait(lambda: len(self.spans()) >= count, timeout)
+
+    def wait_for_logs(self, count: int, timeout: float = 10.0) -> bool:
+        return self._wait(lambda: len(self.logs()) >= count, timeout)
+
+    def wait_for_metrics(self, timeout: float = 10.0) -> bool:
+        return self._wait(lambda: bool(self.requests["metrics"]), timeout)
+
+
+class _Servicer:
+    def __init__(self, receiver: OtlpReceiver, signal: str) -> None:
+        self._receiver = receiver
+        self._signal = signal
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+        failure = self._receiver._take_failure(self._signal)
+        if failure is not None:
+            time.sleep(failure.delay)
+            context.abort(failure.grpc_code, "injected failure")
+        self._receiver._store(self._signal, request)
+        return _RESPONSES[self._signal]()

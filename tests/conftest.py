@@ -1,0 +1,104 @@
+"""Shared fixtures: settings in a temp dir, a real in-process OTLP receiver, a running app."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+
+from otel_service import Settings
+from otel_service._runner import ThreadRunner, build_worker
+from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
+from otel_service.testing import OtlpReceiver
+from otel_service.web_app import create_app
+
+FAST_EXPORT = {
+    "OTEL_BSP_SCHEDULE_DELAY": "50",
+    "OTEL_BLRP_SCHEDULE_DELAY": "50",
+    "OTEL_METRIC_EXPORT_INTERVAL": "200",
+    "OTELSVC_EXPORT_MODE": "thread",
+}
+
+
+def make_settings(tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env({"OTELSVC_SPOOL_DIR": str(tmp_path / "spool"), **FAST_EXPORT, **env})
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as running:
+        yield running
+
+
+@dataclass
+class Harness:
+    """A running app with in-memory metric readers and the stdout log lines captured."""
+
+    client: TestClient[Any, Any]
+    settings: Settings
+    runner: ThreadRunner
+    reader: InMemoryMetricReader
+    intake_reader: InMemoryMetricReader
+    log: io.BytesIO
+
+    def log_lines(self) -> list[bytes]:
+        return [line for line in self.log.getvalue().splitlines() if line]
+
+    def caught_up(self, timeout: float = 10.0) -> bool:
+        """Wait until the exporter has processed (and delivered) everything accepted so far."""
+        return self.runner.parts.worker.wait_idle(timeout)
+
+    def metrics(self) -> MetricsData:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return data
+
+
+def point_values(data: MetricsData, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
+    """Data points of metric ``name`` keyed by their attribute set (sum value, or histogram point)."""
+    found: dict[frozenset[tuple[str, Any]], Any] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    value = getattr(point, "value", point)
+                    found[frozenset(point.attributes.items())] = value
+    return found
+
+
+StartApp = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def start_app(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], tmp_path: Path
+) -> AsyncIterator[StartApp]:
+    providers = []
+
+    async def start(**env: str) -> Harness:
+        settings = make_settings(tmp_path, **env)
+        resource = create_resource(settings, "test-instance")
+        reader = InMemoryMetricReader()
+        intake_reader = InMemoryMetricReader()
+        log = io.BytesIO()
+        parts = build_worker(settings, resource, extra_readers=[reader], log_stream=log)
+        runner = ThreadRunner(parts)
+        intake = create_metrics(settings, resource, target_info=False, extra_readers=[intake_reader])
+        app = create_app(
+            settings, runner=runner, meter_provider=intake.provider, registry=intake.registry
+        )
+        providers.append(intake.provider)
+        client = await aiohttp_client(app)
+        return Harness(client, settings, runner, reader, intake_reader, log)
+
+    yield start
+    for provider in providers:
+        shutdown_quietly(provider, 1.0)
