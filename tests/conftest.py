@@ -92,9 +92,7 @@ async def start_app(
         parts = build_worker(settings, resource, extra_readers=[reader], log_stream=log)
         runner = ThreadRunner(parts)
         intake = create_metrics(settings, resource, target_info=False, extra_readers=[intake_reader])
-        app = create_app(
-            settings, runner=runner, meter_provider=intake.provider, registry=intake.registry
-        )
+        app = create_app(settings, runner=runner, meter_provider=intake.provider, registry=intake.registry)
         providers.append(intake.provider)
         client = await aiohttp_client(app)
         return Harness(client, settings, runner, reader, intake_reader, log)

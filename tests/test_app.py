@@ -56,8 +56,7 @@ async def test_lab_track_renders_the_lab_metric_names(start_app: StartApp) -> No
     text = await (await app.client.get("/metrics")).text()
     scope = 'otel_scope_name="otel_service.export",otel_scope_schema_url="",otel_scope_version=""'
     assert _prom_lines(text, "ai_requests_total") == [
-        f'ai_requests_total{{business_id="test-business",intent="general",{scope},'
-        'response_type="text"} 1.0'
+        f'ai_requests_total{{business_id="test-business",intent="general",{scope},response_type="text"}} 1.0'
     ]
     assert _prom_lines(text, "ai_tokens_used_total") == [
         f'ai_tokens_used_total{{business_id="test-business",model="gemini-1.5-flash",{scope}}} 150.0'
@@ -357,9 +356,7 @@ BAD_REQUESTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("content_type", "body", "encoding", "status", "error", "field"), BAD_REQUESTS
-)
+@pytest.mark.parametrize(("content_type", "body", "encoding", "status", "error", "field"), BAD_REQUESTS)
 async def test_bad_input_gets_a_4xx_naming_the_field(
     start_app: StartApp,
     content_type: str,
@@ -386,7 +383,7 @@ async def test_bad_input_gets_a_4xx_naming_the_field(
     detail = await (await app.client.get("/health/detailed")).json()
     assert detail["events"]["rejected"] == {error: 1}
     metrics_text = await (await app.client.get("/metrics")).text()
-    assert f'otel_service_events_rejected_total{{endpoint="/track"' in metrics_text
+    assert 'otel_service_events_rejected_total{endpoint="/track"' in metrics_text
     assert f'reason="{error}"' in metrics_text
     ok = await app.client.post("/track", json={"business_id": "b", "response_time_ms": 1, "tokens_used": 1})
     assert ok.status == 202
@@ -440,9 +437,7 @@ async def test_timestamps_out_of_window_are_refused(start_app: StartApp) -> None
 async def test_business_id_cardinality_is_capped_and_counted(start_app: StartApp) -> None:
     """Beyond the tenant cap, business_id becomes _OTHER and the overflow is counted."""
     app = await start_app(OTELSVC_MAX_TENANTS="2")
-    events = [
-        {"kind": "llm_call", "model": "m", "duration_ms": 1, "business_id": f"b{i}"} for i in range(5)
-    ]
+    events = [{"kind": "llm_call", "model": "m", "duration_ms": 1, "business_id": f"b{i}"} for i in range(5)]
     assert (await app.client.post("/v1/events", json=events)).status == 202
     assert app.caught_up()
     data = app.metrics()
@@ -450,9 +445,9 @@ async def test_business_id_cardinality_is_capped_and_counted(start_app: StartApp
     assert sorted(dict(k)["business_id"] for k in requests) == ["_OTHER", "b0", "b1"]
     assert requests[frozenset({("business_id", "_OTHER"), ("intent", "unknown"),
                                ("response_type", "unknown")})] == 3  # fmt: skip
-    assert point_values(data, "otel_service.attribute.overflow")[
-        frozenset({("attribute", "business_id")})
-    ] == 3
+    assert (
+        point_values(data, "otel_service.attribute.overflow")[frozenset({("attribute", "business_id")})] == 3
+    )
 
 
 async def test_health_ready_and_detailed(start_app: StartApp) -> None:

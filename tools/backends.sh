@@ -13,7 +13,7 @@
 # Go's own caches (GOPATH, GOCACHE, GOMODCACHE) stay at their defaults under $HOME.
 #
 # Sources: prometheus, promtool, alertmanager, amtool from Debian (packages prometheus,
-# prometheus-alertmanager); the collector from collector/manifest.yaml with the OpenTelemetry
+# prometheus-alertmanager; Debian's Alertmanager binary is /usr/bin/prometheus-alertmanager); the collector from collector/manifest.yaml with the OpenTelemetry
 # Collector Builder (ocb); Loki and Tempo from their Go modules through the wrapper modules in
 # tools/backends/{loki,tempo}/ (their go.mod files repeat the upstream replace directives).
 set -euo pipefail
@@ -82,10 +82,18 @@ as_root() {
   else die "apt: need root or sudo to run: $*"; fi
 }
 
+# Debian names the Alertmanager binary prometheus-alertmanager; accept either name.
+find_tool() {
+  case "$1" in
+    alertmanager) command -v alertmanager 2>/dev/null || command -v prometheus-alertmanager 2>/dev/null ;;
+    *) command -v "$1" 2>/dev/null ;;
+  esac
+}
+
 install_apt() {
   local missing=()
   for tool in prometheus promtool alertmanager amtool; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    find_tool "$tool" >/dev/null || missing+=("$tool")
   done
   if [[ ${#missing[@]} -eq 0 ]]; then
     log "apt: prometheus, promtool, alertmanager, amtool already installed"
@@ -117,7 +125,7 @@ install_apt() {
       >/dev/null 2>&1 || true
   fi
   for tool in prometheus promtool alertmanager amtool; do
-    command -v "$tool" >/dev/null 2>&1 || die "apt: $tool still missing after installing ${DEBIAN_PACKAGES[*]}"
+    find_tool "$tool" >/dev/null || die "apt: $tool still missing after installing ${DEBIAN_PACKAGES[*]}"
   done
 }
 
@@ -207,10 +215,10 @@ cmd_paths() {
   emit OTELCOL_BIN "$(collector_bin)" collector
   emit LOKI_BIN "$(loki_bin)" loki
   emit TEMPO_BIN "$(tempo_bin)" tempo
-  emit PROMETHEUS_BIN "$(command -v prometheus || true)" apt
-  emit PROMTOOL_BIN "$(command -v promtool || true)" apt
-  emit ALERTMANAGER_BIN "$(command -v alertmanager || true)" apt
-  emit AMTOOL_BIN "$(command -v amtool || true)" apt
+  emit PROMETHEUS_BIN "$(find_tool prometheus || true)" apt
+  emit PROMTOOL_BIN "$(find_tool promtool || true)" apt
+  emit ALERTMANAGER_BIN "$(find_tool alertmanager || true)" apt
+  emit AMTOOL_BIN "$(find_tool amtool || true)" apt
   if [[ ${#missing[@]} -gt 0 ]]; then
     die "not installed: ${missing[*]} -- run: tools/backends.sh install"
   fi

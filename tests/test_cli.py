@@ -1,0 +1,202 @@
+"""The ``otel-service`` command as a real process: serve, send, graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otel_service import __version__
+from otel_service.testing import OtlpReceiver
+
+from .conftest import FAST_EXPORT
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "otel_service", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def _wait_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"sidecar on port {port} not ready in {timeout} s")
+
+
+class Sidecar:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def post(
+        self, path: str, body: object, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            body: bytes = response.read()
+            return body
+
+
+@pytest.fixture
+def sidecar_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **FAST_EXPORT,
+        "OTELSVC_EXPORT_MODE": "process",
+        "OTELSVC_SPOOL_DIR": str(tmp_path / "spool"),
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # only the shutdown flush exports metrics
+    }
+
+
+@pytest.fixture
+def serve(sidecar_env: dict[str, str]) -> Iterator[callable]:  # type: ignore[valid-type]
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**env: str) -> Sidecar:
+        port = _free_port()
+        process = _cli("serve", "--port", str(port), env={**sidecar_env, **env})
+        started.append(process)
+        try:
+            _wait_ready(port)
+        except AssertionError:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(err.decode()) from None
+        return Sidecar(process, port)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_version() -> None:
+    """--version prints the package version."""
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_service", "--version"], capture_output=True, check=True
+    )
+    assert result.stdout.decode().strip() == f"otel-service {__version__}"
+
+
+def test_refuses_to_bind_beyond_loopback_without_a_token(sidecar_env: dict[str, str]) -> None:
+    """Binding 0.0.0.0 without OTELSVC_AUTH_TOKEN exits 2 with a clear message."""
+    process = _cli("serve", "--host", "0.0.0.0", "--port", str(_free_port()), env=sidecar_env)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert b"OTELSVC_AUTH_TOKEN" in err
+
+
+def test_sigterm_flushes_every_signal_and_exits_zero(serve, receiver: OtlpReceiver) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM: intake stops, spans, logs and metrics are all delivered, and the exit code is 0."""
+    sidecar = serve(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+        OTEL_BLRP_SCHEDULE_DELAY="60000",
+    )
+    events = [{"kind": "llm_call", "model": "gpt-4o", "duration_ms": 10, "business_id": "b"}] * 50
+    for _ in range(4):
+        status, answer = sidecar.post("/v1/events", events)
+        assert (status, answer["accepted"]) == (202, 50)
+    sidecar.process.send_signal(signal.SIGTERM)
+    out, err = sidecar.process.communicate(timeout=60)
+    assert sidecar.process.returncode == 0, err.decode()
+    assert len(receiver.spans()) == 200
+    assert len(receiver.logs()) == 200
+    assert len({span.span_id for span in receiver.spans()}) == 200
+    counts = [
+        point.count
+        for metric in receiver.metrics()
+        if metric.name == "gen_ai.client.operation.duration"
+        for point in metric.histogram.data_points
+    ]
+    assert counts and counts[-1] == 200
+    stdout_lines = [line for line in out.splitlines() if line.startswith(b"{")]
+    assert len(stdout_lines) == 200
+
+
+def test_send_posts_a_sample_event_and_prints_the_result(serve) -> None:  # type: ignore[no-untyped-def]
+    """`otel-service send` posts the sample LLM call and prints the per-item result."""
+    sidecar = serve()
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_service", "send", "--url", f"http://127.0.0.1:{sidecar.port}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    text = result.stdout.decode()
+    assert text.startswith("HTTP 202")
+    assert json.loads(text[text.index("{") :])["accepted"] == 1
+
+
+def test_send_a_file_of_events(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`otel-service send FILE.ndjson` posts NDJSON and reports rejected items with exit 0."""
+    sidecar = serve()
+    path = tmp_path / "events.ndjson"
+    path.write_text('{"kind":"llm_call","model":"m","duration_ms":1}\n{"kind":"feedback","model":"m"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_service", "send", str(path), "--url",
+         f"http://127.0.0.1:{sidecar.port}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+    answer = json.loads(result.stdout.decode()[result.stdout.decode().index("{") :])
+    assert (answer["accepted"], answer["rejected"]) == (1, 1)
+    assert answer["errors"][0]["index"] == 1
+
+
+def test_embedded_default_serves_metrics_without_a_collector(serve) -> None:  # type: ignore[no-untyped-def]
+    """With no OTLP endpoint, /metrics in the child-process mode shows the recorded events."""
+    sidecar = serve()
+    status, _ = sidecar.post("/track", {"business_id": "b1", "response_time_ms": 20, "tokens_used": 7})
+    assert status == 202
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        text = sidecar.get("/metrics").decode()
+        if "ai_tokens_used_total{" in text:
+            break
+        time.sleep(0.1)
+    assert 'ai_tokens_used_total{business_id="b1",model="gemini-1.5-flash"' in text
+    assert "otel_service_events_received_total{" in text
+    assert text.count("# TYPE target_info gauge") == 1
+    detail = json.loads(sidecar.get("/health/detailed"))
+    assert detail["export"]["enabled"] is False
+    assert detail["export"]["processed"] == 1
