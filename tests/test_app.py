@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import time
@@ -166,7 +167,8 @@ async def test_spans_logs_and_metrics_reach_an_otlp_receiver(
     assert response.status == 202
     answer = await response.json()
     assert answer["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert receiver.wait_for_spans(1) and receiver.wait_for_logs(1)
+    assert receiver.wait_for_spans(1)
+    assert receiver.wait_for_logs(1)
 
     [span] = receiver.spans()
     assert span.name == "chat gemini-1.5-flash"
@@ -187,7 +189,8 @@ async def test_spans_logs_and_metrics_reach_an_otlp_receiver(
     assert span.status.code == span.status.STATUS_CODE_UNSET
 
     [record] = receiver.logs()
-    assert record.trace_id == span.trace_id and record.span_id == span.span_id
+    assert record.trace_id == span.trace_id
+    assert record.span_id == span.span_id
     assert record.time_unix_nano == span.end_time_unix_nano
     body = json.loads(record.body.string_value)
     assert body["trace_id"] == span.trace_id.hex()
@@ -207,7 +210,7 @@ async def test_spans_logs_and_metrics_reach_an_otlp_receiver(
             if metric.name == "gen_ai.client.operation.duration":
                 for point in metric.histogram.data_points:
                     exemplar_traces |= {ex.trace_id.hex() for ex in point.exemplars}
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
     assert exemplar_traces == {span.trace_id.hex()}
 
 
@@ -217,7 +220,8 @@ async def test_failed_call_span_has_error_status(receiver: OtlpReceiver, start_a
     event = {"kind": "llm_call", "model": "m", "duration_ms": 5, "success": False,
              "error_type": "rate_limited"}  # fmt: skip
     assert (await app.client.post("/v1/events", json=event)).status == 202
-    assert receiver.wait_for_spans(1) and receiver.wait_for_logs(1)
+    assert receiver.wait_for_spans(1)
+    assert receiver.wait_for_logs(1)
     [span] = receiver.spans()
     assert span.status.code == span.status.STATUS_CODE_ERROR
     assert span.status.message == "rate_limited"
@@ -261,7 +265,8 @@ async def test_new_correlation_id_is_the_new_trace(start_app: StartApp) -> None:
     assert response.status == 202
     body = await response.json()
     assert body["correlation_id"] == body["trace_id"] == response.headers["X-Correlation-ID"]
-    assert len(body["trace_id"]) == 32 and body["trace_id"] != "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert len(body["trace_id"]) == 32
+    assert body["trace_id"] != "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 async def test_log_line_nests_user_fields_under_attributes(start_app: StartApp) -> None:
@@ -479,7 +484,7 @@ async def test_ready_turns_not_ready_before_the_spool_bound(start_app: StartApp)
     statuses = []
     for _ in range(20):
         statuses.append((await app.client.post("/v1/events", json=event)).status)
-        time.sleep(0.26)  # let the intake re-measure the spool
+        await asyncio.sleep(0.26)  # let the intake re-measure the spool
         if statuses[-1] == 503:
             break
     assert statuses[-1] == 503

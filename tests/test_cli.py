@@ -94,7 +94,7 @@ def serve(sidecar_env: dict[str, str]) -> Iterator[callable]:  # type: ignore[va
             _wait_ready(port)
         except AssertionError:
             process.kill()
-            out, err = process.communicate()
+            _out, err = process.communicate()
             raise AssertionError(err.decode()) from None
         return Sidecar(process, port)
 
@@ -145,7 +145,8 @@ def test_sigterm_flushes_every_signal_and_exits_zero(serve, receiver: OtlpReceiv
         if metric.name == "gen_ai.client.operation.duration"
         for point in metric.histogram.data_points
     ]
-    assert counts and counts[-1] == 200
+    assert counts
+    assert counts[-1] == 200
     stdout_lines = [line for line in out.splitlines() if line.startswith(b"{")]
     assert len(stdout_lines) == 200
 
