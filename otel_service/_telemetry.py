@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceProto
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -20,14 +19,15 @@ from opentelemetry.sdk.metrics import (
 )
 from opentelemetry.sdk.metrics.export import (
     CardinalityLimits,
+    MetricExporter,
     MetricReader,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
 from . import _otlp
 from ._instruments import create_views
+from ._metric_reader import PrometheusOtlpReader
 from ._settings import Settings
 from ._version import __version__
 
@@ -72,7 +72,7 @@ def cardinality_limits(limit: int) -> CardinalityLimits:
     return dict.fromkeys(kinds, limit)
 
 
-def _otlp_metric_exporter(settings: Settings) -> MetricReader:
+def _otlp_metric_exporter(settings: Settings) -> MetricExporter:
     assert settings.otlp_endpoint is not None
     headers = dict(settings.otlp_headers)
     if settings.otlp_protocol == "grpc":
@@ -80,27 +80,20 @@ def _otlp_metric_exporter(settings: Settings) -> MetricReader:
             OTLPMetricExporter as GrpcExporter,
         )
 
-        exporter = GrpcExporter(
+        return GrpcExporter(
             endpoint=settings.otlp_endpoint,
             insecure=not settings.otlp_endpoint.startswith("https://"),
             headers=headers,
             timeout=settings.otlp_timeout,
         )
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpExporter,
-        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpExporter,
+    )
 
-        exporter = HttpExporter(  # type: ignore[assignment]
-            endpoint=f"{settings.otlp_endpoint}/v1/metrics",
-            headers=headers,
-            timeout=settings.otlp_timeout,
-        )
-    return PeriodicExportingMetricReader(
-        exporter,
-        export_interval_millis=settings.metric_export_interval * 1000,
-        export_timeout_millis=settings.metric_export_timeout * 1000,
-        cardinality_limits=cardinality_limits(settings.cardinality_limit),
+    return HttpExporter(
+        endpoint=f"{settings.otlp_endpoint}/v1/metrics",
+        headers=headers,
+        timeout=settings.otlp_timeout,
     )
 
 
@@ -123,15 +116,16 @@ def create_metrics(
     is configured, and ``extra_readers`` (tests pass an ``InMemoryMetricReader``)."""
     registry = CollectorRegistry(auto_describe=True)
     readers: list[MetricReader] = [
-        PrometheusMetricReader(
+        PrometheusOtlpReader(
+            _otlp_metric_exporter(settings) if settings.otlp_endpoint else None,
+            interval=settings.metric_export_interval,
+            timeout=settings.metric_export_timeout,
             disable_target_info=not target_info,
             registry=registry,
             cardinality_limits=cardinality_limits(settings.cardinality_limit),
-        )
+        ),
+        *extra_readers,
     ]
-    if settings.otlp_endpoint:
-        readers.append(_otlp_metric_exporter(settings))
-    readers.extend(extra_readers)
     provider = MeterProvider(
         metric_readers=readers,
         resource=resource,

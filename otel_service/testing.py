@@ -70,9 +70,9 @@ class OtlpReceiver:
 
     def start(self) -> OtlpReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self, "traces"), server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Servicer(self, "logs"), server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self, "traces"), server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Servicer(self, "logs"), server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _Servicer(self, "metrics"), server
         )
         self.grpc_port = server.add_insecure_port(f"{self._host}:0")
@@ -81,7 +81,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 signal = self.path.rstrip("/").rsplit("/", 1)[-1]
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if signal not in _REQUESTS:
@@ -213,7 +213,7 @@ class _Servicer:
         self._receiver = receiver
         self._signal = signal
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         failure = self._receiver._take_failure(self._signal)
         if failure is not None:
             time.sleep(failure.delay)

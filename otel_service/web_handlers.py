@@ -100,9 +100,7 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
         if not inflater.eof:
             raise InvalidEvent(f"truncated {encoding} body", field="$", reason="corrupt_body")
     except zlib.error as exc:
-        raise InvalidEvent(
-            f"corrupt {encoding} body: {exc}", field="$", reason="corrupt_body"
-        ) from None
+        raise InvalidEvent(f"corrupt {encoding} body: {exc}", field="$", reason="corrupt_body") from None
     return body
 
 

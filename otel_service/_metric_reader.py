@@ -1,0 +1,99 @@
+"""One metric reader for both ``/metrics`` (pull) and OTLP (push), so every measurement is aggregated
+once instead of once per reader (the SDK's per-measurement cost is per reader)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+__all__ = ["PrometheusOtlpReader"]
+
+_log = logging.getLogger("otel_service")
+
+
+class PrometheusOtlpReader(PrometheusMetricReader):
+    """A Prometheus reader that also pushes its (cumulative) data to an OTLP exporter periodically.
+
+    Cumulative temporality means a failed push loses nothing: the next push carries the totals.
+    """
+
+    def __init__(
+        self,
+        exporter: MetricExporter | None,
+        *,
+        interval: float,
+        timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._exporter = exporter
+        self._interval = interval
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._pushing = False
+        self._pending: MetricsData | None = None
+        self._stop = threading.Event()
+        # Scrapes and pushes must not interleave: route the scrape callback through the lock.
+        self._collector._callback = self._scrape
+        self.pushes = 0
+        self.push_failures = 0
+        self._thread: threading.Thread | None = None
+        if exporter is not None:
+            self._thread = threading.Thread(target=self._run, name="otel-metric-push", daemon=True)
+            self._thread.start()
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        if self._pushing:
+            self._pending = metrics_data
+            return
+        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+
+    def _scrape(self) -> None:
+        with self._lock:
+            self.collect()
+
+    def push(self) -> bool:
+        """Collect and export now; ``True`` if the exporter accepted the data."""
+        if self._exporter is None:
+            return True
+        with self._lock:
+            self._pushing = True
+            try:
+                self.collect(timeout_millis=self._timeout * 1000)
+            finally:
+                self._pushing = False
+            data, self._pending = self._pending, None
+        if data is None:
+            return True
+        try:
+            result = self._exporter.export(data, timeout_millis=self._timeout * 1000)
+        except Exception:
+            _log.warning("metric export raised", exc_info=True)
+            result = MetricExportResult.FAILURE
+        self.pushes += 1
+        if result is not MetricExportResult.SUCCESS:
+            self.push_failures += 1
+            return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.push()
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.push()
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_millis / 1000)
+        self.push()
+        if self._exporter is not None:
+            self._exporter.shutdown(timeout_millis=timeout_millis)
+        super().shutdown(timeout_millis=timeout_millis, **kwargs)

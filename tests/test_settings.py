@@ -1,0 +1,261 @@
+"""Settings read once from an environment mapping: defaults, standard OTEL_* variables, errors."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import otel_service
+from otel_service import ENVIRONMENT, Settings, SettingsError
+from otel_service import _settings as settings_module
+from otel_service._validation import Limits
+
+BASE = {"XDG_STATE_HOME": "/state"}
+DEFAULT = Settings(spool_dir=Path("/state/otel-service/spool"))
+
+
+def _from(**env: str) -> Settings:
+    return Settings.from_env({**BASE, **env})
+
+
+def test_defaults() -> None:
+    """An empty environment gives loopback:5001, http/protobuf, no OTLP endpoint and the documented values."""
+    settings = Settings.from_env(BASE)
+    assert settings == DEFAULT
+    assert (settings.host, settings.port, settings.otlp_protocol, settings.otlp_endpoint) == (
+        "127.0.0.1",
+        5001,
+        "http/protobuf",
+        None,
+    )
+    assert settings.auth_token is None
+    assert settings.limits == Limits()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"XDG_STATE_HOME": "/xdg"}, Path("/xdg/otel-service/spool"), id="xdg"),
+        pytest.param({"HOME": "/home/u"}, Path("/home/u/.local/state/otel-service/spool"), id="home"),
+        pytest.param(
+            {"HOME": "/h", "OTELSVC_SPOOL_DIR": " /data/spool "}, Path("/data/spool"), id="explicit"
+        ),
+    ],
+)
+def test_spool_dir_default_follows_xdg(env: dict[str, str], expected: Path) -> None:
+    """The spool lives under $XDG_STATE_HOME (or ~/.local/state) unless OTELSVC_SPOOL_DIR says otherwise."""
+    assert Settings.from_env(env).spool_dir == expected
+
+
+#: One example value for every documented variable, and what it changes.
+EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
+    "OTEL_SERVICE_NAME": ("chatbot", {"service_name": "chatbot"}),
+    "OTEL_RESOURCE_ATTRIBUTES": (
+        "deployment.environment=prod, team = ml,broken,=x",
+        {"resource_attributes": {"deployment.environment": "prod", "team": "ml"}},
+    ),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("http://collector:4318/", {"otlp_endpoint": "http://collector:4318"}),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("grpc", {"otlp_protocol": "grpc"}),
+    "OTEL_EXPORTER_OTLP_HEADERS": (
+        "api-key=abc==, x-tenant = acme",
+        {"otlp_headers": {"api-key": "abc==", "x-tenant": "acme"}},
+    ),
+    "OTEL_EXPORTER_OTLP_TIMEOUT": ("2500", {"otlp_timeout": 2.5}),
+    "OTEL_METRIC_EXPORT_INTERVAL": ("15000", {"metric_export_interval": 15.0}),
+    "OTEL_METRIC_EXPORT_TIMEOUT": ("5000", {"metric_export_timeout": 5.0}),
+    "OTEL_BSP_SCHEDULE_DELAY": ("200", {"span_schedule_delay": 0.2}),
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": ("64", {"span_batch_size": 64}),
+    "OTEL_BLRP_SCHEDULE_DELAY": ("300", {"log_schedule_delay": 0.3}),
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": ("32", {"log_batch_size": 32}),
+    "OTELSVC_HOST": ("::1", {"host": "::1"}),
+    "OTELSVC_PORT": ("8080", {"port": 8080}),
+    "OTELSVC_AUTH_TOKEN": ("s3cret", {"auth_token": "s3cret"}),
+    "OTELSVC_SPOOL_DIR": ("/var/spool/otel", {"spool_dir": Path("/var/spool/otel")}),
+    "OTELSVC_SPOOL_MAX_BYTES": ("65536", {"spool_max_bytes": 65536}),
+    "OTELSVC_SPOOL_FSYNC": ("always", {"spool_fsync": "always"}),
+    "OTELSVC_EXPORT_MODE": ("thread", {"export_mode": "thread"}),
+    "OTELSVC_MAX_BODY_BYTES": ("2048", {"max_body_bytes": 2048}),
+    "OTELSVC_MAX_BATCH_ITEMS": ("10", {"limits": Limits(max_items=10)}),
+    "OTELSVC_MAX_TENANTS": ("5", {"max_tenants": 5}),
+    "OTELSVC_MAX_LABEL_VALUES": ("7", {"max_label_values": 7}),
+    "OTELSVC_CARDINALITY_LIMIT": ("100", {"cardinality_limit": 100}),
+    "OTELSVC_RATE_LIMIT": ("50", {"rate_limit": 50.0}),
+    "OTELSVC_CORS_ORIGINS": (
+        "https://a.example, https://b.example,",
+        {"cors_origins": ("https://a.example", "https://b.example")},
+    ),
+    "OTELSVC_PRICE_TABLE": ("/etc/prices.json", {"price_table": Path("/etc/prices.json")}),
+    "OTELSVC_DEFAULT_PROVIDER": ("openai", {"default_provider": "openai"}),
+    "OTELSVC_SHUTDOWN_TIMEOUT": ("3", {"shutdown_timeout": 3.0}),
+    "OTELSVC_LOG_LEVEL": ("DEBUG", {"log_level": "debug"}),
+}
+
+
+@pytest.mark.parametrize(("name", "value", "changes"), [(n, v, c) for n, (v, c) in EXAMPLES.items()])
+def test_each_variable_changes_exactly_its_setting(name: str, value: str, changes: dict[str, Any]) -> None:
+    """Setting one variable changes its setting (ms become seconds) and nothing else."""
+    assert _from(**{name: value}) == dataclasses.replace(DEFAULT, **changes)
+
+
+def test_examples_cover_every_documented_variable() -> None:
+    """The table above exercises every variable in ENVIRONMENT."""
+    assert set(EXAMPLES) == set(ENVIRONMENT)
+
+
+def _names_read_by_settings_module() -> set[str]:
+    """OTEL* string constants in _settings.py outside the ENVIRONMENT table itself."""
+    tree = ast.parse(Path(settings_module.__file__).read_text("utf-8"))
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+        if any(isinstance(t, ast.Name) and t.id == "ENVIRONMENT" for t in targets):
+            skip.update(id(child) for child in ast.walk(node))
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in skip
+        and re.fullmatch(r"OTEL[A-Z0-9_]*", node.value)
+    }
+
+
+def test_environment_lists_exactly_the_variables_read() -> None:
+    """Every ENVIRONMENT name is read in _settings.py, and every OTEL* name read there is documented."""
+    read = _names_read_by_settings_module()
+    assert read == set(ENVIRONMENT)
+
+
+def test_environment_is_exported_with_descriptions() -> None:
+    """The package exposes the table, and every entry has a description."""
+    assert otel_service.ENVIRONMENT is ENVIRONMENT
+    assert all(description.strip() for description in ENVIRONMENT.values())
+    assert not [
+        name for name in ENVIRONMENT if name.startswith("OTEL_SERVICE_") and name != "OTEL_SERVICE_NAME"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, "otel-service", id="neither"),
+        pytest.param(
+            {"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-resource"}, "from-resource", id="resource"
+        ),
+        pytest.param(
+            {"OTEL_SERVICE_NAME": "from-env", "OTEL_RESOURCE_ATTRIBUTES": "service.name=from-resource"},
+            "from-env",
+            id="service-name-wins",
+        ),
+        pytest.param(
+            {"OTEL_SERVICE_NAME": "  ", "OTEL_RESOURCE_ATTRIBUTES": "a=b,service.name=res"},
+            "res",
+            id="blank-name",
+        ),
+    ],
+)
+def test_service_name_precedence(env: dict[str, str], expected: str) -> None:
+    """OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES, which wins over the default."""
+    assert _from(**env).service_name == expected
+
+
+def test_otlp_headers_values_are_percent_decoded() -> None:
+    """Header values use the W3C Baggage format: percent-encoded, as the OpenTelemetry SDKs decode them."""
+    settings = _from(OTEL_EXPORTER_OTLP_HEADERS="Authorization=Basic%20dXNlcjpwYXNz,x-team=a%2Cb")
+    assert settings.otlp_headers == {"Authorization": "Basic dXNlcjpwYXNz", "x-team": "a,b"}
+
+
+def test_resource_attribute_values_are_percent_decoded() -> None:
+    """OTEL_RESOURCE_ATTRIBUTES values are percent-decoded as the resource specification requires."""
+    settings = _from(OTEL_RESOURCE_ATTRIBUTES="service.name=my%20svc,owner=ml%2Cops")
+    assert settings.resource_attributes == {"service.name": "my svc", "owner": "ml,ops"}
+    assert settings.service_name == "my svc"
+
+
+@pytest.mark.parametrize(
+    ("env", "delay", "batch"),
+    [
+        pytest.param({}, 1.0, 512, id="defaults"),
+        pytest.param(
+            {"OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_BLRP_SCHEDULE_DELAY": "300"}, 0.2, 512, id="bsp"
+        ),
+        pytest.param(
+            {"OTEL_BLRP_SCHEDULE_DELAY": "50", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100"},
+            0.05,
+            100,
+            id="blrp-delay-bsp-batch",
+        ),
+        pytest.param(
+            {"OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "20", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "30"},
+            1.0,
+            20,
+            id="blrp-batch",
+        ),
+        pytest.param({"OTEL_BSP_SCHEDULE_DELAY": "0"}, 0.0, 512, id="zero-delay"),
+    ],
+)
+def test_export_delay_and_batch_size_take_the_shorter(env: dict[str, str], delay: float, batch: int) -> None:
+    """The exporter waits the shorter of the BSP/BLRP delays and sends the smaller of their batch sizes."""
+    settings = _from(**env)
+    assert (settings.export_delay, settings.export_batch_size) == (pytest.approx(delay), batch)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTELSVC_PORT", "abc"),
+        ("OTELSVC_PORT", "-1"),
+        ("OTELSVC_PORT", "70000"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1.5"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "fast"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "-5"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+        ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "many"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
+        ("OTELSVC_SPOOL_FSYNC", "sometimes"),
+        ("OTELSVC_SPOOL_FSYNC", "ALWAYS!"),
+        ("OTELSVC_EXPORT_MODE", "fork"),
+        ("OTELSVC_SPOOL_MAX_BYTES", "1024"),
+        ("OTELSVC_MAX_BODY_BYTES", "1e6"),
+        ("OTELSVC_MAX_BATCH_ITEMS", "0"),
+        ("OTELSVC_CARDINALITY_LIMIT", "5"),
+        ("OTELSVC_SHUTDOWN_TIMEOUT", "0"),
+    ],
+)
+def test_invalid_values_raise_naming_the_variable(name: str, value: str) -> None:
+    """A value we cannot use raises SettingsError whose message names the variable."""
+    with pytest.raises(SettingsError, match=re.escape(name)):
+        _from(**{name: value})
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com"])
+def test_binding_beyond_loopback_needs_a_token(host: str) -> None:
+    """A non-loopback address without OTELSVC_AUTH_TOKEN is refused; with a token it is allowed."""
+    with pytest.raises(SettingsError, match="OTELSVC_AUTH_TOKEN"):
+        _from(OTELSVC_HOST=host)
+    with pytest.raises(SettingsError, match="OTELSVC_AUTH_TOKEN"):
+        _from(OTELSVC_HOST=host, OTELSVC_AUTH_TOKEN="")
+    settings = _from(OTELSVC_HOST=host, OTELSVC_AUTH_TOKEN="t0ken")
+    assert (settings.host, settings.auth_token) == (host, "t0ken")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", ""])
+def test_loopback_needs_no_token(host: str) -> None:
+    """Loopback addresses (and an empty value, meaning the default) bind without a token."""
+    assert _from(OTELSVC_HOST=host).host == (host or "127.0.0.1")
+
+
+def test_settings_are_frozen() -> None:
+    """Settings are read once and cannot be changed afterwards."""
+    settings = _from()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.port = 1  # type: ignore[misc]
