@@ -38,7 +38,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._pending: MetricsData | None = None
         self._stop = threading.Event()
         # Scrapes and pushes must not interleave: route the scrape callback through the lock.
-        self._collector._callback = self._scrape
+        self._collector._callback = self._scrape  # type: ignore[assignment]
         self.pushes = 0
         self.push_failures = 0
         self._thread: threading.Thread | None = None

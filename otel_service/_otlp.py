@@ -1,28 +1,27 @@
-"""OTLP protobuf for spans and log records built straight from envelopes (no SDK span objects).
+"""OTLP protobuf for spans and log records, written straight to wire format from envelopes.
 
 The events describe calls that already happened elsewhere, with IDs fixed at intake, so spans are
-written as finished records: backdated, parented to the app's span, identical on replay.
+written as finished records: backdated, parented to the app's span, identical on replay. Encoding by
+hand (field tags below, from opentelemetry-proto) costs a fraction of building message objects; the
+tests decode the output with the generated protobuf classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+import struct
+from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "KIND_CLIENT",
+    "KIND_INTERNAL",
     "SEVERITY_ERROR",
     "SEVERITY_INFO",
     "Value",
     "key_values",
     "log_record",
     "logs_request",
-    "resource_proto",
+    "resource",
+    "scope",
     "span",
     "traces_request",
 ]
@@ -30,26 +29,85 @@ __all__ = [
 Value = str | bool | int | float
 SEVERITY_INFO = 9
 SEVERITY_ERROR = 17
-KIND_INTERNAL = Span.SPAN_KIND_INTERNAL
-KIND_CLIENT = Span.SPAN_KIND_CLIENT
+KIND_INTERNAL = 1
+KIND_CLIENT = 3
+_STATUS_ERROR = 2
+_FIXED64 = struct.Struct("<Q")
+_DOUBLE = struct.Struct("<d")
+_FIXED32 = struct.Struct("<I")
 
 
-def _any(value: Value) -> AnyValue:
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [bytes((n,)) for n in range(128)]
+
+
+def _len(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    n = len(payload)
+    return tag + (_SMALL[n] if n < 128 else _varint(n)) + payload
+
+
+def _any(value: Value) -> bytes:
+    """An AnyValue message body."""
+    if isinstance(value, str):
+        return _len(b"\x0a", value.encode("utf-8", "surrogatepass"))
     if isinstance(value, bool):
-        return AnyValue(bool_value=value)
+        return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    return AnyValue(string_value=value)
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    return b"\x21" + _DOUBLE.pack(value)
 
 
-def key_values(attributes: Mapping[str, Value]) -> list[KeyValue]:
-    return [KeyValue(key=key, value=_any(value)) for key, value in attributes.items()]
+_KEY_CACHE: dict[str, bytes] = {}
 
 
-def resource_proto(attributes: Mapping[str, Value]) -> Resource:
-    return Resource(attributes=key_values(attributes))
+def _key(key: str) -> bytes:
+    cached = _KEY_CACHE.get(key)
+    if cached is None:
+        cached = _len(b"\x0a", key.encode())
+        if len(_KEY_CACHE) < 4096:
+            _KEY_CACHE[key] = cached
+    return cached
+
+
+def key_values(attributes: Mapping[str, Value | None], tag: bytes) -> bytes:
+    """Repeated KeyValue fields with field tag ``tag``; ``None`` values are skipped."""
+    parts = []
+    small = _SMALL
+    for key, value in attributes.items():
+        if value is None:
+            continue
+        if type(value) is str:  # the common case, inlined
+            raw = value.encode("utf-8", "surrogatepass")
+            n = len(raw)
+            any_value = (b"\x0a" + small[n] + raw) if n < 128 else _len(b"\x0a", raw)
+        else:
+            any_value = _any(value)
+        n = len(any_value)
+        kv = _key(key) + ((b"\x12" + small[n] + any_value) if n < 128 else _len(b"\x12", any_value))
+        n = len(kv)
+        parts.append((tag + small[n] + kv) if n < 128 else _len(tag, kv))
+    return b"".join(parts)
+
+
+def resource(attributes: Mapping[str, Value]) -> bytes:
+    """A Resource message body."""
+    return key_values(attributes, b"\x0a")
+
+
+def scope(name: str, version: str) -> bytes:
+    """An InstrumentationScope message body."""
+    return _len(b"\x0a", name.encode()) + _len(b"\x12", version.encode())
 
 
 def span(
@@ -63,20 +121,26 @@ def span(
     end_ns: int,
     attributes: Mapping[str, Value],
     error: str | None,
-) -> Span:
-    return Span(
-        trace_id=bytes.fromhex(trace_id),
-        span_id=bytes.fromhex(span_id),
-        parent_span_id=bytes.fromhex(parent_span_id) if parent_span_id else b"",
-        name=name,
-        kind=kind,  # type: ignore[arg-type]
-        start_time_unix_nano=start_ns,
-        end_time_unix_nano=end_ns,
-        attributes=key_values(attributes),
-        status=Status(code=Status.STATUS_CODE_ERROR, message=error) if error else None,
-        # Sampled, and "is the parent remote" known: it is whenever the app sent a parent.
-        flags=0x101 | (0x200 if parent_span_id else 0),
-    )
+) -> bytes:
+    """A Span message body."""
+    parts = [
+        b"\x0a\x10" + bytes.fromhex(trace_id),
+        b"\x12\x08" + bytes.fromhex(span_id),
+    ]
+    if parent_span_id:
+        parts.append(b"\x22\x08" + bytes.fromhex(parent_span_id))
+    parts += [
+        _len(b"\x2a", name.encode()),
+        b"\x30" + _varint(kind),
+        b"\x39" + _FIXED64.pack(start_ns),
+        b"\x41" + _FIXED64.pack(end_ns),
+        key_values(attributes, b"\x4a"),
+    ]
+    if error:
+        parts.append(_len(b"\x7a", _len(b"\x12", error.encode()) + b"\x18" + _varint(_STATUS_ERROR)))
+    # flags (field 16, fixed32): sampled, and "is the parent remote" known: it is when the app sent one.
+    parts.append(b"\x85\x01" + _FIXED32.pack(0x101 | (0x200 if parent_span_id else 0)))
+    return b"".join(parts)
 
 
 def log_record(
@@ -86,37 +150,39 @@ def log_record(
     time_ns: int,
     observed_ns: int,
     severity: int,
-    body: str,
+    body: bytes,
     event_name: str,
     attributes: Mapping[str, Value],
-) -> LogRecord:
-    return LogRecord(
-        time_unix_nano=time_ns,
-        observed_time_unix_nano=observed_ns,
-        severity_number=severity,  # type: ignore[arg-type]
-        severity_text="ERROR" if severity >= SEVERITY_ERROR else "INFO",
-        body=AnyValue(string_value=body),
-        attributes=key_values(attributes),
-        trace_id=bytes.fromhex(trace_id),
-        span_id=bytes.fromhex(span_id),
-        flags=1,
-        event_name=event_name,
+) -> bytes:
+    """A LogRecord message body; ``body`` is the UTF-8 text of the log line."""
+    return b"".join(
+        (
+            b"\x09" + _FIXED64.pack(time_ns),
+            b"\x10" + _varint(severity),
+            b"\x1a\x05ERROR" if severity >= SEVERITY_ERROR else b"\x1a\x04INFO",
+            _len(b"\x2a", _len(b"\x0a", body)),
+            key_values(attributes, b"\x32"),
+            b"\x45" + _FIXED32.pack(1),
+            b"\x4a\x10" + bytes.fromhex(trace_id),
+            b"\x52\x08" + bytes.fromhex(span_id),
+            b"\x59" + _FIXED64.pack(observed_ns),
+            _len(b"\x62", event_name.encode()),
+        )
     )
 
 
-def traces_request(
-    resource: Resource, scope: InstrumentationScope, spans: Sequence[Span]
-) -> ExportTraceServiceRequest:
-    return ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(scope=scope, spans=spans)])]
-    )
+def _request(resource_body: bytes, scope_body: bytes, items: Iterable[bytes]) -> bytes:
+    # ExportXServiceRequest{ResourceX(1){resource(1), ScopeX(2){scope(1), items(2)}}}
+    inner = _len(b"\x0a", scope_body) + b"".join(_len(b"\x12", item) for item in items)
+    resource_x = _len(b"\x0a", resource_body) + _len(b"\x12", inner)
+    return _len(b"\x0a", resource_x)
 
 
-def logs_request(
-    resource: Resource, scope: InstrumentationScope, records: Sequence[LogRecord]
-) -> ExportLogsServiceRequest:
-    return ExportLogsServiceRequest(
-        resource_logs=[
-            ResourceLogs(resource=resource, scope_logs=[ScopeLogs(scope=scope, log_records=records)])
-        ]
-    )
+def traces_request(resource_body: bytes, scope_body: bytes, spans: Iterable[bytes]) -> bytes:
+    """A serialized ExportTraceServiceRequest."""
+    return _request(resource_body, scope_body, spans)
+
+
+def logs_request(resource_body: bytes, scope_body: bytes, records: Iterable[bytes]) -> bytes:
+    """A serialized ExportLogsServiceRequest."""
+    return _request(resource_body, scope_body, records)

@@ -14,8 +14,6 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import Counter
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from . import _otlp
@@ -34,10 +32,10 @@ Attrs = dict[str, Any]
 
 @dataclass(slots=True)
 class Recorded:
-    """The OTLP items a batch produced, in envelope order."""
+    """The OTLP items (serialized Span and LogRecord bodies) a batch produced, in envelope order."""
 
-    spans: list[Span] = field(default_factory=list)
-    logs: list[LogRecord] = field(default_factory=list)
+    spans: list[bytes] = field(default_factory=list)
+    logs: list[bytes] = field(default_factory=list)
 
 
 class _Sums:
@@ -377,7 +375,7 @@ class Recorder:
                 kind=kind,
                 start_ns=start_ns,
                 end_ns=env.end_ns,
-                attributes={k: v for k, v in span_attrs.items() if v is not None},
+                attributes=span_attrs,
                 error=error,
             )
         )
@@ -404,7 +402,7 @@ class Recorder:
                 time_ns=env.end_ns,
                 observed_ns=env.received_ns,
                 severity=_otlp.SEVERITY_ERROR if error else _otlp.SEVERITY_INFO,
-                body=line.decode("utf-8"),
+                body=line,
                 event_name=f"otel_service.{kind_name}",
                 attributes=log_attrs,
             )

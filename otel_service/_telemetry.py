@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceProto
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -51,8 +50,9 @@ def create_resource(settings: Settings, instance_id: str) -> Resource:
     return Resource(attributes)
 
 
-def resource_proto(resource: Resource) -> ResourceProto:
-    return _otlp.resource_proto(
+def resource_proto(resource: Resource) -> bytes:
+    """The serialized OTLP Resource message of ``resource``."""
+    return _otlp.resource(
         {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
     )
 

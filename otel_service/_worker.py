@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from . import _otlp
 from ._instruments import WorkerInstruments
@@ -75,7 +73,7 @@ class ExportWorker:
         instruments: WorkerInstruments,
         *,
         sender: Sender | None,
-        resource: Resource,
+        resource: bytes,
         batch_size: int = 512,
     ) -> None:
         self._reader = reader
@@ -83,7 +81,7 @@ class ExportWorker:
         self._m = instruments
         self._sender = sender
         self._resource = resource
-        self._scope = InstrumentationScope(name="otel_service", version=__version__)
+        self._scope = _otlp.scope("otel_service", __version__)
         self._batch_size = batch_size
         self.status = ExportStatus(enabled=sender is not None)
         self._stop = threading.Event()
@@ -146,11 +144,10 @@ class ExportWorker:
         recorded = self._recorder.record(envelopes)
         self.status.processed += len(envelopes)
         if self._sender is not None and envelopes:
-            pending = {
+            payload_of = {
                 "traces": _otlp.traces_request(self._resource, self._scope, recorded.spans),
                 "logs": _otlp.logs_request(self._resource, self._scope, recorded.logs),
             }
-            payload_of = {signal: req.SerializeToString() for signal, req in pending.items()}
             counts = {"traces": len(recorded.spans), "logs": len(recorded.logs)}
             if not self._deliver(payload_of, counts):
                 return True  # stopping with the batch undelivered: it stays in the spool
