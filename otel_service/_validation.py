@@ -25,6 +25,8 @@ _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89abAB]")
+#: Event types by their ``kind`` tag (converting to the one type is twice as fast as to the union).
+_KINDS: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in (LlmCall, Prediction, Feedback)}  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,6 @@ class Limits:
     """Bounds on what one request may carry."""
 
     max_items: int = 1000
-    max_depth: int = 8
     max_past_seconds: float = 86_400.0
     max_future_seconds: float = 300.0
 
@@ -111,21 +112,6 @@ def _decode(text: str, raw: bytes, where: str) -> Any:
     return value
 
 
-def _depth(value: Any, limit: int) -> int:
-    stack = [(value, 1)]
-    deepest = 0
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, dict | list))
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
-    return deepest
-
-
 def _text(body: bytes) -> str:
     try:
         return body.decode("utf-8")
@@ -199,8 +185,6 @@ def parse_track(body: bytes, now: float, limits: Limits) -> LlmCall:
     obj = _decode(_text(body), body, "$")
     if not isinstance(obj, dict):
         raise InvalidEvent("expected a JSON object", field="$", reason="invalid_field")
-    if _depth(obj, limits.max_depth) > limits.max_depth:
-        raise InvalidEvent("JSON nested too deeply", field="$", reason="too_deep")
     track: LabTrack = _convert(obj, LabTrack, "$")
     event_time(track, now, limits, "$")
     return track.to_llm_call()
@@ -252,9 +236,16 @@ def parse_batch(body: bytes, *, ndjson: bool, now: float, limits: Limits) -> lis
         try:
             if not isinstance(obj, dict):
                 raise InvalidEvent("expected a JSON object", field=where, reason="invalid_field")
-            if _depth(obj, limits.max_depth) > limits.max_depth:
-                raise InvalidEvent("JSON nested too deeply", field=where, reason="too_deep")
-            event: Event = _convert(obj, LlmCall | Prediction | Feedback, where)
+            kind = obj.get("kind")
+            model = _KINDS.get(kind) if isinstance(kind, str) else None
+            if model is None:
+                reason = "missing_field" if kind is None else "invalid_field"
+                raise InvalidEvent(
+                    f"kind must be one of {sorted(_KINDS)}, got {kind!r}",
+                    field=f"{where}.kind",
+                    reason=reason,
+                )
+            event: Event = _convert(obj, model, where)
             parsed.append(ParsedItem(index, event=_check_event(event, now, limits, where)))
         except InvalidEvent as exc:
             parsed.append(ParsedItem(index, error=exc))
