@@ -93,6 +93,9 @@ class WorkerInstruments:
     processed: Counter
     label_overflow: Counter
     export_items: Counter
+    retries: Counter
+    replayed: Counter
+    duplicates: Counter
     dropped: Counter
 
     @classmethod
@@ -183,6 +186,23 @@ class WorkerInstruments:
                 "otel_service.export.items",
                 unit="{item}",
                 description="Spans and log records sent over OTLP, by signal and outcome.",
+            ),
+            retries=meter.create_counter(
+                "otel_service.export.retries",
+                unit="{request}",
+                description="Export requests retried after a retryable failure.",
+            ),
+            replayed=meter.create_counter(
+                "otel_service.export.replayed",
+                unit="{event}",
+                description="Events whose metrics were recorded again after a restart (their spans "
+                "and logs had been delivered before it).",
+            ),
+            duplicates=meter.create_counter(
+                "otel_service.export.duplicates",
+                unit="{event}",
+                description="Events sent again after a restart because their delivery was in flight "
+                "(possible duplicates downstream).",
             ),
             dropped=meter.create_counter(
                 "otel_service.dropped",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -37,6 +38,9 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._pushing = False
         self._pending: MetricsData | None = None
         self._stop = threading.Event()
+        self._checkpoint_lock: threading.Lock | None = None
+        self._checkpoint: Callable[[], Any] | None = None
+        self._exported: Callable[[Any], None] | None = None
         # Scrapes and pushes must not interleave: route the scrape callback through the lock.
         self._collector._callback = self._scrape  # type: ignore[assignment]
         self.pushes = 0
@@ -45,6 +49,14 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         if exporter is not None:
             self._thread = threading.Thread(target=self._run, name="otel-metric-push", daemon=True)
             self._thread.start()
+
+    def bind_checkpoints(
+        self, lock: threading.Lock, checkpoint: Callable[[], Any], exported: Callable[[Any], None]
+    ) -> None:
+        """Tell the producer of measurements which of them a successful push covered: each push
+        collects under ``lock`` after taking ``checkpoint()``, and calls ``exported(checkpoint)``
+        once the exporter accepted the data."""
+        self._checkpoint_lock, self._checkpoint, self._exported = lock, checkpoint, exported
 
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -62,10 +74,16 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         """Collect and export now; ``True`` if the exporter accepted the data."""
         if self._exporter is None:
             return True
+        token = None
         with self._lock:
             self._pushing = True
             try:
-                self.collect(timeout_millis=self._timeout * 1000)
+                if self._checkpoint_lock is not None and self._checkpoint is not None:
+                    with self._checkpoint_lock:
+                        token = self._checkpoint()
+                        self.collect(timeout_millis=self._timeout * 1000)
+                else:
+                    self.collect(timeout_millis=self._timeout * 1000)
             finally:
                 self._pushing = False
             data, self._pending = self._pending, None
@@ -80,6 +98,8 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         if result is not MetricExportResult.SUCCESS:
             self.push_failures += 1
             return False
+        if self._exported is not None and token is not None:
+            self._exported(token)
         return True
 
     def _run(self) -> None:

@@ -1,7 +1,8 @@
 """Turns envelopes into telemetry: metric measurements, one span, one log record and one stdout line.
 
 Counters are summed per batch and added once per attribute set; histograms are recorded per event,
-with the event's span as exemplar context on the duration histograms.
+with the event's span as exemplar context on the duration histograms. Recording metrics and emitting
+the span and log are separate steps, so a replay after a restart can do either alone.
 """
 
 from __future__ import annotations
@@ -18,16 +19,26 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from . import _otlp
 from ._drift import DriftTracker
-from ._events import Feedback, LlmCall, Prediction
+from ._events import Event, Feedback, LlmCall, Prediction
 from ._instruments import WorkerInstruments
 from ._labels import LabelGuard, infer_provider
 from ._logging import EventLogger
-from ._pricing import PriceTable
+from ._pricing import Cost, PriceTable
 from ._records import Envelope
 
 __all__ = ["Recorded", "Recorder"]
 
 Attrs = dict[str, Any]
+_GUARDED = (
+    "business_id",
+    "model",
+    "provider",
+    "intent",
+    "response_type",
+    "error_type",
+    "model_version",
+    "prediction_result",
+)
 
 
 @dataclass(slots=True)
@@ -60,6 +71,16 @@ class _Sums:
         self._sums.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What an LLM call implies beyond its fields: provider, error class, token total, cost."""
+
+    provider: str
+    error: str | None
+    total_tokens: int | None
+    cost: Cost
+
+
 def _exemplar_context(trace_id: str, span_id: str) -> Context:
     ctx = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1))
     return trace.set_span_in_context(NonRecordingSpan(ctx))
@@ -69,8 +90,8 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds")
 
 
-def _prefixed(attributes: dict[str, Any]) -> Attrs:
-    return {f"app.{key}": value for key, value in attributes.items()}
+def _error(event: LlmCall | Prediction) -> str | None:
+    return None if event.success else (event.error_type or "_OTHER")
 
 
 class Recorder:
@@ -89,38 +110,41 @@ class Recorder:
         drift: DriftTracker | None = None,
     ) -> None:
         self._m = instruments
-        self.drift = drift if drift is not None else DriftTracker()
         self._prices = prices
         self._logger = logger
         self._service = service_name
         self._default_provider = default_provider
-        guards = {
+        self.drift = drift if drift is not None else DriftTracker()
+        self._guards = {
             name: LabelGuard(name, max_tenants if name == "business_id" else max_label_values)
-            for name in (
-                "business_id",
-                "model",
-                "provider",
-                "intent",
-                "response_type",
-                "error_type",
-                "model_version",
-                "prediction_result",
-            )
+            for name in _GUARDED
         }
-        self._guards = guards
-        self._g: dict[str, Callable[[str], str]] = dict(guards.items())
+        self._g: dict[str, Callable[[str], str]] = dict(self._guards.items())
 
-    def record(self, envelopes: Sequence[Envelope]) -> Recorded:
+    def record(self, envelopes: Sequence[Envelope], *, replay: int = 0, counted: int = 0) -> Recorded:
+        """Record the metrics of all but the first ``counted`` envelopes, and emit (log line, span,
+        OTLP log record) all but the first ``replay`` — the prefixes a restart had already done."""
         out = Recorded()
         sums = _Sums()
-        for env in envelopes:
+        for index, env in enumerate(envelopes):
             event = env.event
-            if isinstance(event, LlmCall):
-                self._llm(env, event, sums, out)
-            elif isinstance(event, Prediction):
-                self._prediction(env, event, sums, out)
-            else:
-                self._feedback(env, event, sums, out)
+            call = self._call(event) if isinstance(event, LlmCall) else None
+            if index >= counted:
+                if isinstance(event, LlmCall):
+                    assert call is not None
+                    self._llm_metrics(env, event, call, sums)
+                elif isinstance(event, Prediction):
+                    self._prediction_metrics(env, event, sums)
+                else:
+                    self._feedback_metrics(event, sums)
+            if index >= replay:
+                if isinstance(event, LlmCall):
+                    assert call is not None
+                    self._llm_emit(env, event, call, out)
+                elif isinstance(event, Prediction):
+                    self._prediction_emit(env, event, out)
+                else:
+                    self._feedback_emit(env, event, out)
         for guard in self._guards.values():
             overflow = guard.take_overflow()
             if overflow:
@@ -129,22 +153,35 @@ class Recorder:
         self._logger.flush()
         return out
 
-    # -- one method per event kind -------------------------------------------------------------
-
-    def _llm(self, env: Envelope, e: LlmCall, sums: _Sums, out: Recorded) -> None:
-        m, g = self._m, self._g
+    def _call(self, e: LlmCall) -> _Call:
+        total = e.total_tokens
+        if total is None and (e.input_tokens is not None or e.output_tokens is not None):
+            total = (e.input_tokens or 0) + (e.output_tokens or 0)
+        cost = self._prices.cost(
+            e.model,
+            reported=e.cost_usd,
+            input_tokens=e.input_tokens,
+            output_tokens=e.output_tokens,
+            cached_input_tokens=e.cached_input_tokens,
+            reasoning_tokens=e.reasoning_tokens,
+        )
         provider = e.provider or infer_provider(e.model, self._default_provider)
-        error = None if e.success else (e.error_type or "_OTHER")
+        return _Call(provider, _error(e), total, cost)
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _llm_metrics(self, env: Envelope, e: LlmCall, call: _Call, sums: _Sums) -> None:
+        m, g = self._m, self._g
         model = g["model"](e.model)
         business = g["business_id"](e.business_id or "unknown")
         ctx = _exemplar_context(env.trace_id, env.span_id)
         seconds = e.duration_ms / 1000.0
         base = {
             "gen_ai.operation.name": e.operation,
-            "gen_ai.provider.name": g["provider"](provider),
+            "gen_ai.provider.name": g["provider"](call.provider),
             "gen_ai.request.model": model,
         }
-        duration_attrs = base if error is None else {**base, "error.type": g["error_type"](error)}
+        duration_attrs = base if call.error is None else {**base, "error.type": g["error_type"](call.error)}
         m.operation_duration.record(seconds, duration_attrs, context=ctx)
         if e.input_tokens is not None:
             m.token_usage.record(e.input_tokens, {**base, "gen_ai.token.type": "input"})
@@ -160,20 +197,9 @@ class Recorder:
             1,
         )
         m.lab_response_time.record(seconds, tenant, context=ctx)
-        total_tokens = e.total_tokens
-        if total_tokens is None and (e.input_tokens is not None or e.output_tokens is not None):
-            total_tokens = (e.input_tokens or 0) + (e.output_tokens or 0)
-        if total_tokens:
-            sums.add(m.lab_tokens, {"business_id": business, "model": model}, total_tokens)
-
-        cost = self._prices.cost(
-            e.model,
-            reported=e.cost_usd,
-            input_tokens=e.input_tokens,
-            output_tokens=e.output_tokens,
-            cached_input_tokens=e.cached_input_tokens,
-            reasoning_tokens=e.reasoning_tokens,
-        )
+        if call.total_tokens:
+            sums.add(m.lab_tokens, {"business_id": business, "model": model}, call.total_tokens)
+        cost = call.cost
         if cost.source == "unpriced":
             sums.add(m.unpriced, {"gen_ai.request.model": model}, 1)
         else:
@@ -203,73 +229,11 @@ class Recorder:
             m.message_length.record(e.response_length, {"role": "assistant", "gen_ai.request.model": model})
         sums.add(m.processed, {"kind": "llm_call"}, 1)
 
-        fields: Attrs = {
-            "operation": e.operation,
-            "model": e.model,
-            "provider": provider,
-            "response_model": e.response_model,
-            "duration_ms": e.duration_ms,
-            "input_tokens": e.input_tokens,
-            "output_tokens": e.output_tokens,
-            "cached_input_tokens": e.cached_input_tokens,
-            "reasoning_tokens": e.reasoning_tokens,
-            "total_tokens": total_tokens,
-            "cost_usd": cost.total if cost.source != "unpriced" else None,
-            "cost_source": cost.source,
-            "success": e.success,
-            "error_type": error,
-            "business_id": e.business_id,
-            "conversation_id": e.conversation_id,
-            "session_id": e.session_id,
-            "user_id": e.user_id,
-            "intent": e.intent,
-            "response_type": e.response_type,
-            "appointment_requested": e.appointment_requested or None,
-            "appointment_booked": e.appointment_booked or None,
-            "human_handoff": e.human_handoff or None,
-            "user_message_length": e.user_message_length,
-            "response_length": e.response_length,
-        }
-        span_attrs: Attrs = {
-            "gen_ai.operation.name": e.operation,
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": e.model,
-            "gen_ai.response.model": e.response_model,
-            "gen_ai.usage.input_tokens": e.input_tokens,
-            "gen_ai.usage.output_tokens": e.output_tokens,
-            "gen_ai.usage.cache_read.input_tokens": e.cached_input_tokens,
-            "gen_ai.usage.reasoning.output_tokens": e.reasoning_tokens,
-            "gen_ai.conversation.id": e.conversation_id,
-            "session.id": e.session_id,
-            "user.id": e.user_id,
-            "error.type": error,
-            "app.business_id": e.business_id,
-            "app.intent": e.intent,
-            "app.response_type": e.response_type,
-            "app.total_tokens": total_tokens,
-            "app.cost_usd": fields["cost_usd"],
-            "app.cost_source": cost.source,
-            "app.appointment_requested": e.appointment_requested,
-            "app.appointment_booked": e.appointment_booked,
-            "app.human_handoff": e.human_handoff,
-        }
-        self._emit(
-            env,
-            f"{e.operation} {e.model}",
-            _otlp.KIND_CLIENT,
-            e.duration_ms,
-            error,
-            span_attrs,
-            fields,
-            out,
-        )
-
-    def _prediction(self, env: Envelope, e: Prediction, sums: _Sums, out: Recorded) -> None:
+    def _prediction_metrics(self, env: Envelope, e: Prediction, sums: _Sums) -> None:
         m, g = self._m, self._g
-        error = None if e.success else (e.error_type or "_OTHER")
+        error = _error(e)
         model = g["model"](e.model)
-        version = g["model_version"](e.model_version)
-        ids = {"model_name": model, "model_version": version}
+        ids = {"model_name": model, "model_version": g["model_version"](e.model_version)}
         sums.add(
             m.predictions,
             {
@@ -286,6 +250,79 @@ class Recorder:
         if e.features:
             self.drift.observe(model, e.features)
         sums.add(m.processed, {"kind": "prediction"}, 1)
+
+    def _feedback_metrics(self, e: Feedback, sums: _Sums) -> None:
+        m, g = self._m, self._g
+        sums.add(
+            m.feedback,
+            {
+                "model_name": g["model"](e.model),
+                "model_version": g["model_version"](e.model_version),
+                "correct": "true" if e.correct else "false",
+            },
+            1,
+        )
+        sums.add(m.processed, {"kind": "feedback"}, 1)
+
+    # -- spans and logs ------------------------------------------------------------------------
+
+    def _llm_emit(self, env: Envelope, e: LlmCall, call: _Call, out: Recorded) -> None:
+        cost_usd = call.cost.total if call.cost.source != "unpriced" else None
+        fields: Attrs = {
+            "operation": e.operation,
+            "model": e.model,
+            "provider": call.provider,
+            "response_model": e.response_model,
+            "duration_ms": e.duration_ms,
+            "input_tokens": e.input_tokens,
+            "output_tokens": e.output_tokens,
+            "cached_input_tokens": e.cached_input_tokens,
+            "reasoning_tokens": e.reasoning_tokens,
+            "total_tokens": call.total_tokens,
+            "cost_usd": cost_usd,
+            "cost_source": call.cost.source,
+            "success": e.success,
+            "error_type": call.error,
+            "business_id": e.business_id,
+            "conversation_id": e.conversation_id,
+            "session_id": e.session_id,
+            "user_id": e.user_id,
+            "intent": e.intent,
+            "response_type": e.response_type,
+            "appointment_requested": e.appointment_requested or None,
+            "appointment_booked": e.appointment_booked or None,
+            "human_handoff": e.human_handoff or None,
+            "user_message_length": e.user_message_length,
+            "response_length": e.response_length,
+        }
+        span_attrs: Attrs = {
+            "gen_ai.operation.name": e.operation,
+            "gen_ai.provider.name": call.provider,
+            "gen_ai.request.model": e.model,
+            "gen_ai.response.model": e.response_model,
+            "gen_ai.usage.input_tokens": e.input_tokens,
+            "gen_ai.usage.output_tokens": e.output_tokens,
+            "gen_ai.usage.cache_read.input_tokens": e.cached_input_tokens,
+            "gen_ai.usage.reasoning.output_tokens": e.reasoning_tokens,
+            "gen_ai.conversation.id": e.conversation_id,
+            "session.id": e.session_id,
+            "user.id": e.user_id,
+            "error.type": call.error,
+            "app.business_id": e.business_id,
+            "app.intent": e.intent,
+            "app.response_type": e.response_type,
+            "app.total_tokens": call.total_tokens,
+            "app.cost_usd": cost_usd,
+            "app.cost_source": call.cost.source,
+            "app.appointment_requested": e.appointment_requested,
+            "app.appointment_booked": e.appointment_booked,
+            "app.human_handoff": e.human_handoff,
+        }
+        name = f"{e.operation} {e.model}"
+        self._emit(env, name, _otlp.KIND_CLIENT, e.duration_ms, call.error, span_attrs, fields, out)
+
+    def _prediction_emit(self, env: Envelope, e: Prediction, out: Recorded) -> None:
+        error = _error(e)
         fields: Attrs = {
             "model": e.model,
             "model_version": e.model_version,
@@ -307,29 +344,10 @@ class Recorder:
             "error.type": error,
             "app.business_id": e.business_id,
         }
-        self._emit(
-            env,
-            f"predict {e.model}",
-            _otlp.KIND_INTERNAL,
-            e.duration_ms,
-            error,
-            span_attrs,
-            fields,
-            out,
-        )
+        name = f"predict {e.model}"
+        self._emit(env, name, _otlp.KIND_INTERNAL, e.duration_ms, error, span_attrs, fields, out)
 
-    def _feedback(self, env: Envelope, e: Feedback, sums: _Sums, out: Recorded) -> None:
-        m, g = self._m, self._g
-        sums.add(
-            m.feedback,
-            {
-                "model_name": g["model"](e.model),
-                "model_version": g["model_version"](e.model_version),
-                "correct": "true" if e.correct else "false",
-            },
-            1,
-        )
-        sums.add(m.processed, {"kind": "feedback"}, 1)
+    def _feedback_emit(self, env: Envelope, e: Feedback, out: Recorded) -> None:
         fields: Attrs = {
             "model": e.model,
             "model_version": e.model_version,
@@ -346,9 +364,8 @@ class Recorder:
             "ml.feedback.source": e.source,
             "app.business_id": e.business_id,
         }
-        self._emit(env, f"feedback {e.model}", _otlp.KIND_INTERNAL, 0.0, None, span_attrs, fields, out)
-
-    # -- shared ----------------------------------------------------------------------------------
+        name = f"feedback {e.model}"
+        self._emit(env, name, _otlp.KIND_INTERNAL, 0.0, None, span_attrs, fields, out)
 
     def _emit(
         self,
@@ -361,11 +378,11 @@ class Recorder:
         fields: Attrs,
         out: Recorded,
     ) -> None:
-        event = env.event
-        kind_name = type(event).__struct_config__.tag
+        event: Event = env.event
+        kind_name = str(type(event).__struct_config__.tag)
         span_attrs["correlation_id"] = env.correlation_id
-        span_attrs.update(_prefixed(event.attributes))
-        start_ns = env.end_ns - int(duration_ms * 1e6)
+        for key, value in event.attributes.items():
+            span_attrs[f"app.{key}"] = value
         out.spans.append(
             _otlp.span(
                 trace_id=env.trace_id,
@@ -373,7 +390,7 @@ class Recorder:
                 parent_span_id=env.parent_span_id,
                 name=name,
                 kind=kind,
-                start_ns=start_ns,
+                start_ns=env.end_ns - int(duration_ms * 1e6),
                 end_ns=env.end_ns,
                 attributes=span_attrs,
                 error=error,
@@ -390,9 +407,8 @@ class Recorder:
         record.update((k, v) for k, v in fields.items() if v is not None)
         if event.attributes:
             record["attributes"] = event.attributes
-        level = "error" if error else "info"
-        line = self._logger.log(level, str(kind_name), record)
-        log_attrs: Attrs = {"correlation_id": env.correlation_id, "kind": str(kind_name)}
+        line = self._logger.log("error" if error else "info", kind_name, record)
+        log_attrs: Attrs = {"correlation_id": env.correlation_id, "kind": kind_name}
         if event.business_id is not None:
             log_attrs["business_id"] = event.business_id
         out.logs.append(

@@ -80,7 +80,9 @@ def build_worker(
         sender=sender,
         resource=resource_proto(resource),
         batch_size=settings.export_batch_size,
+        metrics_pushed=settings.otlp_endpoint is not None,
     )
+    metrics.reader.bind_checkpoints(worker.metrics_lock, worker.metrics_checkpoint, worker.metrics_exported)
     register_observables(
         meter,
         drift_scores=recorder.drift.scores,
@@ -127,7 +129,8 @@ class ThreadRunner:
     async def stop(self, timeout: float) -> None:
         self.parts.worker.stop(timeout)
         await asyncio.to_thread(self._thread.join, timeout + 1)
-        shutdown_quietly(self.parts.metrics.provider, timeout)
+        shutdown_quietly(self.parts.metrics.provider, timeout)  # the last metric push
+        self.parts.worker.save_cursor()
 
 
 # -- child process ------------------------------------------------------------------------------

@@ -19,13 +19,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Position", "SpoolLocked", "SpoolReader", "SpoolStats", "SpoolWriter"]
+__all__ = [
+    "Cursor",
+    "Position",
+    "SpoolLocked",
+    "SpoolReader",
+    "SpoolStats",
+    "SpoolWriter",
+    "end_position",
+    "first_pending",
+    "stats",
+]
 
 _HEADER = struct.Struct("<II")
 _SUFFIX = ".seg"
 _CURSOR = "cursor"
 SEGMENT_BYTES = 8 << 20
 MAX_RECORD_BYTES = 16 << 20
+_READ_CHUNK = 1 << 20
 
 
 class SpoolLocked(RuntimeError):
@@ -67,17 +78,83 @@ def _lock(directory: Path, name: str) -> int:
     return fd
 
 
-def read_cursor(directory: Path) -> Position | None:
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """How far the exporter got. ``delivered``: spans and logs accepted by the collector;
+    ``metrics``: metric contributions included in a successful export; ``inflight``: the end of the
+    batch being sent when the cursor was written. Everything before ``committed`` (the lesser of the
+    first two) is done, and segments wholly before it are deleted."""
+
+    delivered: Position
+    metrics: Position
+    inflight: Position
+
+    @property
+    def committed(self) -> Position:
+        return min(self.delivered, self.metrics)
+
+    @classmethod
+    def at(cls, position: Position) -> Cursor:
+        return cls(position, position, position)
+
+    def dumps(self) -> str:
+        return " ".join(f"{p.segment} {p.offset}" for p in (self.delivered, self.metrics, self.inflight))
+
+    @classmethod
+    def loads(cls, text: str) -> Cursor:
+        numbers = [int(part) for part in text.split()]
+        if len(numbers) != 6:
+            raise ValueError(f"bad cursor {text!r}")
+        delivered, metrics, inflight = (Position(numbers[k], numbers[k + 1]) for k in (0, 2, 4))
+        return cls(delivered, metrics, max(delivered, inflight))
+
+
+def read_cursor(directory: Path) -> Cursor | None:
     try:
-        segment, offset = (directory / _CURSOR).read_text().split()
-        return Position(int(segment), int(offset))
+        return Cursor.loads((directory / _CURSOR).read_text())
     except (FileNotFoundError, ValueError):
         return None
 
 
+def end_position(directory: Path) -> Position:
+    """Where the next record will be written (the end of the newest segment)."""
+    numbers = _segments(directory)
+    if not numbers:
+        return Position(0, 0)
+    try:
+        return Position(numbers[-1], os.stat(directory / _segment_name(numbers[-1])).st_size)
+    except FileNotFoundError:
+        return Position(numbers[-1], 0)
+
+
+def first_pending(directory: Path) -> bytes | None:
+    """The first record after the committed cursor (its payload), if any is whole on disk."""
+    cursor = read_cursor(directory)
+    position = cursor.committed if cursor else Position(0, 0)
+    for number in _segments(directory):
+        if number < position.segment:
+            continue
+        offset = position.offset if number == position.segment else 0
+        try:
+            with open(directory / _segment_name(number), "rb") as handle:
+                handle.seek(offset)
+                header = handle.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    continue
+                length, crc = _HEADER.unpack(header)
+                if length > MAX_RECORD_BYTES:
+                    return None
+                payload = handle.read(length)
+        except FileNotFoundError:
+            continue
+        return payload if len(payload) == length and zlib.crc32(payload) == crc else None
+    return None
+
+
 def stats(directory: Path) -> SpoolStats:
     """What the spool holds that is not yet delivered: bytes after the committed cursor."""
-    cursor = read_cursor(directory) or Position(0, 0)
+    found = read_cursor(directory)
+    cursor = found.committed if found else Position(0, 0)
     total = 0
     count = 0
     for number in _segments(directory):
@@ -160,23 +237,25 @@ class SpoolReader:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._lock_fd = _lock(directory, "reader.lock")
-        self.committed = self._load_cursor()
-        self._pos = self.committed
+        self.cursor = self._load_cursor()
+        self._pos = self.cursor.committed
+        self._need = 0
         self._stale_tail_seconds = stale_tail_seconds
         self._tail_since: float | None = None
         #: Records skipped because their frame was corrupt (counted by the caller as drops).
         self.corrupt_bytes = 0
 
-    def _load_cursor(self) -> Position:
+    def _load_cursor(self) -> Cursor:
         found = read_cursor(self.directory)
         if found is not None:
             return found
         existing = _segments(self.directory)
-        return Position(existing[0] if existing else 1, 0)
+        return Cursor.at(Position(existing[0] if existing else 1, 0))
 
-    def read(self, max_records: int) -> tuple[list[bytes], Position]:
-        """Up to ``max_records`` payloads after the read position, and the position after them."""
+    def read(self, max_records: int) -> tuple[list[bytes], list[Position]]:
+        """Up to ``max_records`` payloads after the read position, with the position after each."""
         out: list[bytes] = []
+        ends: list[Position] = []
         while len(out) < max_records:
             path = self.directory / _segment_name(self._pos.segment)
             later = self._later()
@@ -189,13 +268,18 @@ class SpoolReader:
                     break  # caught up with the writer (or it appended meanwhile: read again)
                 self._pos = Position(later, 0)
                 continue
+            available = size - self._pos.offset
             with open(path, "rb") as handle:
                 handle.seek(self._pos.offset)
-                data = handle.read(size - self._pos.offset)
-            consumed, whole = self._parse(data, out, max_records)
+                data = handle.read(min(available, max(_READ_CHUNK, self._need)))
+            consumed, need = self._parse(data, out, ends, max_records, self._pos)
             self._pos = Position(self._pos.segment, self._pos.offset + consumed)
-            if whole:
+            self._need = 0
+            if need == 0:
                 self._tail_since = None
+                continue
+            if need > 0 and consumed + need <= available:
+                self._need = need  # the frame goes on past this chunk: read it whole next time
                 continue
             # A torn or corrupt frame. A segment is final once a later one exists (the writer
             # never goes back); the active one may just be mid-write, so give it time.
@@ -207,7 +291,7 @@ class SpoolReader:
             self.corrupt_bytes += size - self._pos.offset
             self._pos = Position(later, 0) if later is not None else Position(self._pos.segment, size)
             self._tail_since = None
-        return out, self._pos
+        return out, ends
 
     def _later(self) -> int | None:
         for number in _segments(self.directory):
@@ -216,38 +300,42 @@ class SpoolReader:
         return None
 
     @staticmethod
-    def _parse(data: bytes, out: list[bytes], max_records: int) -> tuple[int, bool]:
-        """Append whole, valid frames of ``data`` to ``out``; (bytes consumed, stopped cleanly)."""
+    def _parse(
+        data: bytes, out: list[bytes], ends: list[Position], max_records: int, base: Position
+    ) -> tuple[int, int]:
+        """Append whole, valid frames of ``data``; (bytes consumed, 0 if it stopped cleanly, else
+        the bytes the next frame needs from where it stopped, or -1 if that frame is corrupt)."""
         offset = 0
         size = _HEADER.size
         while len(out) < max_records and offset < len(data):
             if offset + size > len(data):
-                return offset, False
+                return offset, size
             length, crc = _HEADER.unpack_from(data, offset)
+            if length > MAX_RECORD_BYTES:
+                return offset, -1
             end = offset + size + length
-            if length > MAX_RECORD_BYTES or end > len(data):
-                return offset, False
+            if end > len(data):
+                return offset, size + length
             payload = data[offset + size : end]
             if zlib.crc32(payload) != crc:
-                return offset, False
+                return offset, -1
             out.append(payload)
+            ends.append(Position(base.segment, base.offset + end))
             offset = end
-        return offset, True
+        return offset, 0
 
-    def rewind(self) -> None:
-        """Go back to the committed cursor (after a failed delivery)."""
-        self._pos = self.committed
-
-    def commit(self, position: Position) -> None:
-        """Mark everything before ``position`` delivered; delete segments wholly before it."""
+    def save(self, cursor: Cursor) -> None:
+        """Persist ``cursor`` atomically; delete segments wholly before its committed position."""
         tmp = self.directory / (_CURSOR + ".tmp")
-        tmp.write_text(f"{position.segment} {position.offset}\n")
+        tmp.write_text(cursor.dumps() + "\n")
         os.replace(tmp, self.directory / _CURSOR)
-        self.committed = position
-        for number in _segments(self.directory):
-            if number >= position.segment:
-                break
-            (self.directory / _segment_name(number)).unlink(missing_ok=True)
+        old = self.cursor.committed
+        self.cursor = cursor
+        if cursor.committed.segment > old.segment:
+            for number in _segments(self.directory):
+                if number >= cursor.committed.segment:
+                    break
+                (self.directory / _segment_name(number)).unlink(missing_ok=True)
 
     def close(self) -> None:
         os.close(self._lock_fd)

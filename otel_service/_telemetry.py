@@ -63,6 +63,7 @@ class Metrics:
 
     provider: MeterProvider
     registry: CollectorRegistry
+    reader: PrometheusOtlpReader
 
 
 def cardinality_limits(limit: int) -> CardinalityLimits:
@@ -115,20 +116,18 @@ def create_metrics(
     """A meter provider with a Prometheus reader (for ``/metrics``), OTLP export when an endpoint
     is configured, and ``extra_readers`` (tests pass an ``InMemoryMetricReader``)."""
     registry = CollectorRegistry(auto_describe=True)
-    readers: list[MetricReader] = [
-        PrometheusOtlpReader(
-            _otlp_metric_exporter(settings) if settings.otlp_endpoint else None,
-            interval=settings.metric_export_interval,
-            timeout=settings.metric_export_timeout,
-            disable_target_info=not target_info,
-            registry=registry,
-            cardinality_limits=cardinality_limits(settings.cardinality_limit),
-        ),
-        *extra_readers,
-    ]
+    reader = PrometheusOtlpReader(
+        _otlp_metric_exporter(settings) if settings.otlp_endpoint else None,
+        interval=settings.metric_export_interval,
+        timeout=settings.metric_export_timeout,
+        disable_target_info=not target_info,
+        registry=registry,
+        cardinality_limits=cardinality_limits(settings.cardinality_limit),
+    )
+    readers: list[MetricReader] = [reader, *extra_readers]
     provider = MeterProvider(
         metric_readers=readers,
         resource=resource,
         views=create_views(),
     )
-    return Metrics(provider, registry)
+    return Metrics(provider, registry, reader)

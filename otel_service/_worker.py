@@ -1,8 +1,11 @@
-"""The export worker: reads the spool, records telemetry, delivers spans and logs, commits the cursor.
+"""The export worker: reads the spool, records telemetry, delivers spans and logs, advances the cursor.
 
 It runs off the request path (a thread, or a child process in production). Delivery is at-least-once:
-a batch is committed only after both its spans and its log records were accepted by the collector;
-until then it is retried with backoff for as long as it takes, honouring ``Retry-After``.
+spans and log records of a batch are retried with backoff (honouring ``Retry-After``) until the
+collector accepts them. The spool's committed cursor moves past an event only once its spans and logs
+are delivered *and* a metric push that includes its contributions succeeded, so a crash loses nothing:
+on restart, events already delivered are replayed into the metrics only, and events that were being
+sent are sent again (counted as possible duplicates).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ._instruments import WorkerInstruments
 from ._recorder import Recorder
 from ._records import Envelope, decode_envelope
 from ._sender import Sender
-from ._spool import SpoolReader, stats
+from ._spool import Cursor, Position, SpoolReader, end_position, stats
 from ._version import __version__
 
 __all__ = ["ExportStatus", "ExportWorker"]
@@ -41,11 +44,12 @@ class ExportStatus:
     attempts: int = 0
     failures: int = 0
     retries: int = 0
+    replayed: int = 0
+    duplicates: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     last_success: float | None = None
     last_error: str | None = None
     last_error_time: float | None = None
-    batches: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +60,8 @@ class ExportStatus:
             "attempts": self.attempts,
             "failures": self.failures,
             "retries": self.retries,
+            "replayed": self.replayed,
+            "possible_duplicates": self.duplicates,
             "dropped": dict(self.dropped),
             "last_success": self.last_success,
             "last_error": self.last_error,
@@ -75,6 +81,7 @@ class ExportWorker:
         sender: Sender | None,
         resource: bytes,
         batch_size: int = 512,
+        metrics_pushed: bool = False,
     ) -> None:
         self._reader = reader
         self._recorder = recorder
@@ -86,6 +93,19 @@ class ExportWorker:
         self.status = ExportStatus(enabled=sender is not None)
         self._stop = threading.Event()
         self._deadline: float | None = None
+        cursor = reader.cursor
+        self._delivered = cursor.delivered
+        self._inflight = cursor.inflight
+        #: Metrics of events before this were exported before a restart: not recorded again.
+        self._metrics_before_start = cursor.metrics
+        #: Held while recording a batch, and by the metric reader while it collects for a push, so
+        #: a push's checkpoint covers exactly the events recorded before it.
+        self.metrics_lock = threading.Lock()
+        self._recorded = cursor.committed
+        #: With OTLP metric pushes, events count as done only once a push covered them; without
+        #: (pull only), as soon as they are recorded.
+        self._metrics_pushed = metrics_pushed
+        self._metrics_done = cursor.metrics
         #: Intake time of the oldest record not yet delivered (None when caught up).
         self.oldest_pending_ns: int | None = None
 
@@ -96,6 +116,7 @@ class ExportWorker:
         try:
             while True:
                 if not self.step():
+                    self.save_cursor()
                     if self._stop.is_set():
                         break
                     time.sleep(_POLL_SECONDS)
@@ -110,22 +131,46 @@ class ExportWorker:
         self._stop.set()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until everything spooled so far is delivered and committed (tests, benchmarks)."""
+        """Block until everything spooled so far is delivered (tests, benchmarks)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if stats(self._reader.directory).bytes == 0:
+            if self.caught_up():
                 return True
             time.sleep(0.005)
         return False
 
+    def caught_up(self) -> bool:
+        """Everything on disk now has been recorded and delivered."""
+        end = end_position(self._reader.directory)
+        return self._delivered >= end and self._recorded >= end
+
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
+
+    # -- metric checkpoints (called by the metric reader's push thread) ---------------------------
+
+    def metrics_checkpoint(self) -> Position:
+        """The position up to which recorded metrics are in the data being collected now.
+
+        The caller holds ``metrics_lock``."""
+        return self._recorded
+
+    def metrics_exported(self, checkpoint: Position) -> None:
+        """A metric push covering everything before ``checkpoint`` succeeded."""
+        self._metrics_done = max(self._metrics_done, checkpoint)
+
+    def save_cursor(self) -> None:
+        """Persist how far delivery and metric export got; frees fully done segments."""
+        metrics = max(self._metrics_done, self._recorded) if not self._metrics_pushed else self._metrics_done
+        cursor = Cursor(self._delivered, metrics, max(self._delivered, self._inflight))
+        if cursor != self._reader.cursor:
+            self._reader.save(cursor)
 
     # -- one batch -----------------------------------------------------------------------------
 
     def step(self) -> bool:
         """Process one batch; ``False`` when there was nothing to read."""
-        payloads, position = self._reader.read(self._batch_size)
+        payloads, ends = self._reader.read(self._batch_size)
         corrupt = self._reader.corrupt_bytes
         if corrupt:
             self._reader.corrupt_bytes = 0
@@ -134,25 +179,42 @@ class ExportWorker:
             self.oldest_pending_ns = None
             return False
         envelopes: list[Envelope] = []
-        for payload in payloads:
+        kept_ends: list[Position] = []
+        for payload, end in zip(payloads, ends, strict=True):
             try:
                 envelopes.append(decode_envelope(payload))
+                kept_ends.append(end)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self._drop("all", "undecodable_record", 1)
+        # After a restart: events whose metrics were exported are not recorded again, and events
+        # whose spans and logs were delivered are not sent again (both are prefixes of the spool).
+        counted = sum(1 for end in kept_ends if end <= self._metrics_before_start)
+        replay = sum(1 for end in kept_ends if end <= self._delivered)
         if envelopes:
             self.oldest_pending_ns = envelopes[0].received_ns
-        recorded = self._recorder.record(envelopes)
+        with self.metrics_lock:
+            recorded = self._recorder.record(envelopes, replay=replay, counted=counted)
+            self._recorded = ends[-1]
         self.status.processed += len(envelopes)
-        if self._sender is not None and envelopes:
+        if replay:
+            self.status.replayed += replay
+            self._m.replayed.add(replay)
+        if self._sender is not None and len(envelopes) > replay:
+            resent = sum(1 for end in kept_ends[replay:] if end <= self._inflight)
+            if resent:
+                self.status.duplicates += resent
+                self._m.duplicates.add(resent)
+            self._inflight = max(self._inflight, ends[-1])
+            self.save_cursor()
             payload_of = {
                 "traces": _otlp.traces_request(self._resource, self._scope, recorded.spans),
                 "logs": _otlp.logs_request(self._resource, self._scope, recorded.logs),
             }
             counts = {"traces": len(recorded.spans), "logs": len(recorded.logs)}
             if not self._deliver(payload_of, counts):
-                return True  # stopping with the batch undelivered: it stays in the spool
-        self._reader.commit(position)
-        self.status.batches += 1
+                return False  # stopping with the batch undelivered: it stays in the spool
+        self._delivered = max(self._delivered, ends[-1])
+        self.save_cursor()
         return True
 
     def _deliver(self, payloads: dict[str, bytes], counts: dict[str, int]) -> bool:
@@ -185,6 +247,7 @@ class ExportWorker:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 self.status.state = "retrying"
                 self.status.retries += 1
+                self._m.retries.add(1, {"signal": signal})
                 if not self._sleep(wait):
                     return False
         self.status.state = "idle"
@@ -192,16 +255,12 @@ class ExportWorker:
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep before a retry; ``False`` if the stop deadline comes first."""
-        if self._deadline is not None:
-            left = self._deadline - time.monotonic()
-            if left <= seconds:
-                return False
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             if self._past_deadline():
                 return False
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-        return True
+        return not self._past_deadline()
 
     def _drop(self, signal: str, reason: str, count: int) -> None:
         self.status.dropped[reason] += count
