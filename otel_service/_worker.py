@@ -101,6 +101,7 @@ class ExportWorker:
         #: Held while recording a batch, and by the metric reader while it collects for a push, so
         #: a push's checkpoint covers exactly the events recorded before it.
         self.metrics_lock = threading.Lock()
+        self._cursor_lock = threading.Lock()
         self._recorded = cursor.committed
         #: With OTLP metric pushes, events count as done only once a push covered them; without
         #: (pull only), as soon as they are recorded.
@@ -156,15 +157,18 @@ class ExportWorker:
         return self._recorded
 
     def metrics_exported(self, checkpoint: Position) -> None:
-        """A metric push covering everything before ``checkpoint`` succeeded."""
+        """A metric push covering everything before ``checkpoint`` succeeded: persist it at once,
+        so a crash right after cannot make a restart count those events again."""
         self._metrics_done = max(self._metrics_done, checkpoint)
+        self.save_cursor()
 
     def save_cursor(self) -> None:
         """Persist how far delivery and metric export got; frees fully done segments."""
-        metrics = max(self._metrics_done, self._recorded) if not self._metrics_pushed else self._metrics_done
-        cursor = Cursor(self._delivered, metrics, max(self._delivered, self._inflight))
-        if cursor != self._reader.cursor:
-            self._reader.save(cursor)
+        with self._cursor_lock:
+            metrics = self._metrics_done if self._metrics_pushed else max(self._metrics_done, self._recorded)
+            cursor = Cursor(self._delivered, metrics, max(self._delivered, self._inflight))
+            if cursor != self._reader.cursor:
+                self._reader.save(cursor)
 
     # -- one batch -----------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ class Failure:
 class OtlpReceiver:
     """Collects every OTLP export request it is sent, over gRPC and HTTP/protobuf."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, grpc_port: int = 0, http_port: int = 0) -> None:
         self._host = host
         self._lock = threading.Condition()
         self.requests: dict[str, list[Any]] = {"traces": [], "logs": [], "metrics": []}
@@ -63,8 +63,8 @@ class OtlpReceiver:
         self.refused: dict[str, int] = {"traces": 0, "logs": 0, "metrics": 0}
         self._grpc: grpc.Server | None = None
         self._http: ThreadingHTTPServer | None = None
-        self.grpc_port = 0
-        self.http_port = 0
+        self.grpc_port = grpc_port
+        self.http_port = http_port
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -75,7 +75,7 @@ class OtlpReceiver:
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _Servicer(self, "metrics"), server
         )
-        self.grpc_port = server.add_insecure_port(f"{self._host}:0")
+        self.grpc_port = server.add_insecure_port(f"{self._host}:{self.grpc_port}")
         server.start()
         self._grpc = server
         receiver = self
@@ -108,7 +108,8 @@ class OtlpReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._http = ThreadingHTTPServer((self._host, 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._http = ThreadingHTTPServer((self._host, self.http_port), Handler)
         self._http.daemon_threads = True
         self.http_port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
@@ -141,6 +142,14 @@ class OtlpReceiver:
         with self._lock:
             self._failures.append(failure)
 
+    def heal(self) -> None:
+        """Forget every pending injected failure."""
+        with self._lock:
+            self._failures.clear()
+
+    #: Seconds every accepted request waits before it is answered (a slow collector).
+    delay = 0.0
+
     def _take_failure(self, signal: str) -> Failure | None:
         with self._lock:
             for failure in self._failures:
@@ -151,6 +160,8 @@ class OtlpReceiver:
         return None
 
     def _store(self, signal: str, request: Any) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             self.requests[signal].append(request)
             self._lock.notify_all()
@@ -176,6 +187,39 @@ class OtlpReceiver:
                 for scope_logs in resource_logs.scope_logs
                 for record in scope_logs.log_records
             ]
+
+    def metric_total(self, name: str) -> float:
+        """The total of a cumulative metric across sidecar restarts: for each instance
+        (``service.instance.id``), the sum over attribute sets of its last exported value
+        (data point ``count`` for histograms, ``as_double``/``as_int`` for sums)."""
+        last: dict[tuple[str, tuple[Any, ...]], float] = {}
+        with self._lock:
+            for request in self.requests["metrics"]:
+                for resource_metrics in request.resource_metrics:
+                    instance = next(
+                        (kv.value.string_value for kv in resource_metrics.resource.attributes
+                         if kv.key == "service.instance.id"),
+                        "",
+                    )  # fmt: skip
+                    for scope_metrics in resource_metrics.scope_metrics:
+                        for metric in scope_metrics.metrics:
+                            if metric.name != name:
+                                continue
+                            points: Any = (
+                                metric.histogram.data_points
+                                if metric.HasField("histogram")
+                                else metric.sum.data_points
+                            )
+                            for point in points:
+                                key = (
+                                    instance,
+                                    tuple(sorted((kv.key, str(kv.value)) for kv in point.attributes)),
+                                )
+                                if metric.HasField("histogram"):
+                                    last[key] = float(point.count)
+                                else:
+                                    last[key] = point.as_double or float(point.as_int)
+        return sum(last.values())
 
     def metrics(self) -> list[Metric]:
         """Every metric of every export request, in arrival order."""
