@@ -36,7 +36,7 @@ def parse_traceparent(value: str | None) -> TraceContext | None:
     """
     if not value or len(value) > 512:
         return None
-    match = _TRACEPARENT.match(value.strip())
+    match = _TRACEPARENT.fullmatch(value.strip())
     if match is None:
         return None
     version, trace_id, span_id, flags, rest = match.groups()
@@ -53,7 +53,7 @@ def resolve_correlation_id(
     """The correlation ID, in DESIGN.md's order: event field, header, traceparent, new."""
     if event_value:
         return event_value
-    if header_value and _HEADER_ID.match(header_value):
+    if header_value and _HEADER_ID.fullmatch(header_value):
         return header_value
     if parent is not None:
         return parent.trace_id

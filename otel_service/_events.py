@@ -28,8 +28,11 @@ SCHEMA_VERSION = "1.0"
 MAX_ATTRIBUTES = 64
 MAX_FEATURES = 64
 _INT64 = 2**63 - 1
-_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
-_KEY = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+# (?![\s\S]) ends the string exactly, in Python and in the ECMA dialect of JSON Schema alike: $ also
+# matches before a final newline in Python (msgspec applies patterns with re.search), \Z is not ECMA.
+_END = r"(?![\s\S])"
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*" + _END
+_KEY = r"^[A-Za-z_][A-Za-z0-9_.\-]*" + _END
 
 #: An identifier (conversation, session, user, business...): no control characters, bounded.
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_NO_CONTROL)]
@@ -39,8 +42,8 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64)]
 Millis = Annotated[float, msgspec.Meta(ge=0, le=86_400_000)]
 Usd = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
-HexTraceId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
-HexSpanId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+HexTraceId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}" + _END)]
+HexSpanId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}" + _END)]
 #: RFC 3339 with a time zone, or Unix seconds.
 Timestamp = datetime | Annotated[float, msgspec.Meta(ge=0, le=10_000_000_000)]
 AttrKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_KEY)]

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from ._validation import Limits
 
@@ -69,12 +70,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
 
 
 def _pairs(raw: str) -> dict[str, str]:
+    """``key=value,key=value`` with percent-encoded keys and values (the OpenTelemetry format)."""
     out: dict[str, str] = {}
     for item in raw.split(","):
         if "=" in item:
             key, _, value = item.partition("=")
             if key.strip():
-                out[key.strip()] = value.strip()
+                out[unquote(key.strip())] = unquote(value.strip())
     return out
 
 
@@ -199,4 +201,4 @@ class Settings:
                 f"refusing to bind {self.host}: binding beyond loopback needs OTELSVC_AUTH_TOKEN"
             )
         if not 0 <= self.port <= 65535:
-            raise SettingsError(f"port must be 0..65535, got {self.port}")
+            raise SettingsError(f"OTELSVC_PORT must be 0..65535, got {self.port}")

@@ -24,7 +24,9 @@ __all__ = ["Limits", "ParsedItem", "event_time", "parse_batch", "parse_track"]
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
-_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89abAB]")
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_KEY_PATH = re.compile(r" - at `key` in `\$(?P<path>[^`]*)`$")
 #: Event types by their ``kind`` tag (converting to the one type is twice as fast as to the union).
 _KINDS: dict[str, type[Event]] = {t.__struct_config__.tag: t for t in (LlmCall, Prediction, Feedback)}  # type: ignore[misc]
 
@@ -80,12 +82,34 @@ class _NonFinite(ValueError):
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
 
 
+class _Pairs(list[tuple[str, Any]]):
+    """An object's key/value pairs as written (to find where a duplicate key is)."""
+
+
+def _duplicate_path(text: str, where: str) -> str:
+    tree = json.JSONDecoder(object_pairs_hook=_Pairs).raw_decode(text, _WHITESPACE.match(text).end())[0]  # type: ignore[union-attr]
+    stack: list[tuple[Any, str]] = [(tree, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _Pairs):
+            seen: set[str] = set()
+            for key, value in node:
+                if key in seen:
+                    return f"{path}.{key}"
+                seen.add(key)
+                stack.append((value, f"{path}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}[{index}]") for index, value in enumerate(node))
+    return where
+
+
 def _decode(text: str, raw: bytes, where: str) -> Any:
+    start = _WHITESPACE.match(text).end()  # type: ignore[union-attr]
     try:
-        value, end = _DECODER.raw_decode(text)
+        value, end = _DECODER.raw_decode(text, start)
     except _Duplicate as exc:
         raise InvalidEvent(
-            f"duplicate key {exc.args[0]!r}", field=f"{where}.{exc.args[0]}", reason="duplicate_key"
+            f"duplicate key {exc.args[0]!r}", field=_duplicate_path(text, where), reason="duplicate_key"
         ) from None
     except _NonFinite as exc:
         raise InvalidEvent(
@@ -99,6 +123,8 @@ def _decode(text: str, raw: bytes, where: str) -> Any:
         raise InvalidEvent(
             f"malformed JSON: {exc.msg} at position {exc.pos}", field=where, reason="malformed_json"
         ) from None
+    except ValueError:  # e.g. an integer literal beyond Python's digit limit
+        raise InvalidEvent("number too large", field=where, reason="invalid_number") from None
     if text[end:].strip():
         raise InvalidEvent("trailing data after the JSON value", field=where, reason="malformed_json")
     if _SURROGATE_ESCAPE.search(raw):
@@ -129,6 +155,11 @@ def _convert(obj: Any, model: type[Any] | Any, prefix: str) -> Any:
 
 
 def _invalid(message: str, prefix: str) -> InvalidEvent:
+    match = _KEY_PATH.search(message)
+    if match:
+        return InvalidEvent(
+            "invalid key: " + message[: match.start()], field=prefix + match["path"], reason="invalid_field"
+        )
     match = _PATH.search(message)
     if match:
         return InvalidEvent(message[: match.start()], field=prefix + match["path"], reason="invalid_field")
@@ -193,7 +224,8 @@ def parse_track(body: bytes, now: float, limits: Limits) -> LlmCall:
 def _items(body: bytes, ndjson: bool, limits: Limits) -> Iterator[tuple[int, str, Any, InvalidEvent | None]]:
     text = _text(body)
     if ndjson:
-        lines = [line for line in text.splitlines() if line.strip()]
+        # Split on \n only: U+2028 and friends are legal inside JSON strings.
+        lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
         if len(lines) > limits.max_items:
             raise InvalidEvent(
                 f"{len(lines)} items exceed the limit of {limits.max_items}",

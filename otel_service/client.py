@@ -3,7 +3,7 @@
 Events go into a bounded queue and are posted in batches to ``/v1/events`` by a background worker. No
 method raises into the app or blocks it beyond a queue insert; everything dropped is counted in
 ``dropped`` by reason: ``queue_full``, ``closed``, ``rejected`` (the sidecar refused the item),
-``send_failed`` (unreachable or still refusing after retries).
+``send_failed`` (unreachable or still refusing after retries), ``unserializable`` (not JSON).
 """
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ def _retry_after(value: str | None, default: float) -> float:
         return min(30.0, max(0.0, float(value))) if value else default
     except ValueError:
         return default
+
+
+def _encode(event: Mapping[str, Any], accounting: _Accounting) -> bytes | None:
+    """The event as JSON now, in the caller's thread, so one bad event cannot sink a batch."""
+    try:
+        return json.dumps(event, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        accounting.dropped["unserializable"] += 1
+        return None
 
 
 class _Accounting:
@@ -82,12 +91,10 @@ class EventClient:
         self._batch_size = batch_size
         self._interval = flush_interval
         self._max_retries = max_retries
-        self._queue: queue.Queue[Mapping[str, Any]] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_queue)
         self._accounting = _Accounting()
         self._closed = False
         self._conn: http.client.HTTPConnection | None = None
-        self._inflight = 0
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="otel-service-client", daemon=True)
         self._thread.start()
 
@@ -104,8 +111,11 @@ class EventClient:
         if self._closed:
             self._accounting.dropped["closed"] += 1
             return False
+        encoded = _encode(event, self._accounting)
+        if encoded is None:
+            return False
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(encoded)
         except queue.Full:
             self._accounting.dropped["queue_full"] += 1
             return False
@@ -115,9 +125,8 @@ class EventClient:
         """Wait until everything queued so far was sent (or dropped)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            with self._lock:
-                if self._queue.empty() and self._inflight == 0:
-                    return True
+            if self._queue.unfinished_tasks == 0:
+                return True
             time.sleep(0.01)
         return False
 
@@ -126,37 +135,40 @@ class EventClient:
         self.flush(timeout)
         self._closed = True
         self._thread.join(timeout=1.0)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _run(self) -> None:
         while not (self._closed and self._queue.empty()):
             try:
-                first = self._queue.get(timeout=self._interval)
+                batch = [self._queue.get(timeout=self._interval)]
             except queue.Empty:
                 continue
-            with self._lock:
-                batch = [first]
-                while len(batch) < self._batch_size:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                self._inflight = len(batch)
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
                 self._post(batch)
             except Exception:  # never let the app's telemetry thread die
                 self._accounting.dropped["send_failed"] += len(batch)
             finally:
-                with self._lock:
-                    self._inflight = 0
+                for _ in batch:
+                    self._queue.task_done()
 
-    def _post(self, batch: list[Mapping[str, Any]]) -> None:
-        body = json.dumps(batch).encode()
+    def _post(self, batch: list[bytes]) -> None:
+        body = b"[" + b",".join(batch) + b"]"
         delay = 0.1
         for attempt in range(self._max_retries + 1):
             try:
                 status, answer, retry_after = self._request(body)
             except (OSError, http.client.HTTPException):
-                self._conn = None
+                self._disconnect()
                 status, answer, retry_after = 0, b"", None
             if status not in _RETRY_STATUS and status != 0:
                 self._accounting.settle(status, answer, len(batch))
@@ -197,7 +209,7 @@ class AsyncEventClient:
         self._batch_size = batch_size
         self._interval = flush_interval
         self._max_retries = max_retries
-        self._queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=max_queue)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)
         self._accounting = _Accounting()
         self._closed = False
         self._session: aiohttp.ClientSession | None = None
@@ -216,8 +228,11 @@ class AsyncEventClient:
         if self._closed:
             self._accounting.dropped["closed"] += 1
             return False
+        encoded = _encode(event, self._accounting)
+        if encoded is None:
+            return False
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(encoded)
         except asyncio.QueueFull:
             self._accounting.dropped["queue_full"] += 1
             return False
@@ -253,10 +268,10 @@ class AsyncEventClient:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _post(self, batch: list[Mapping[str, Any]]) -> None:
+    async def _post(self, batch: list[bytes]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        body = json.dumps(batch).encode()
+        body = b"[" + b",".join(batch) + b"]"
         delay = 0.1
         for attempt in range(self._max_retries + 1):
             retry_after = None

@@ -335,6 +335,7 @@ def _datasource_exprs() -> list[tuple[str, str]]:
 
 
 def test_metric_name_extraction() -> None:
+    """The PromQL metric-name extractor finds names and ignores functions, labels and variables."""
     expr = (
         'histogram_quantile(0.95, sum by (le, job) (rate(foo_seconds_bucket{a="x:y", b=~"$v"}'
         "[$__rate_interval]))) / on () group_left () bar:ratio offset 5m > 1e3 "
@@ -352,6 +353,7 @@ def test_metric_name_extraction() -> None:
     ids=lambda value: value if len(value) < 60 else value[:57] + "...",
 )
 def test_promql_uses_only_known_metrics(where: str, expr: str) -> None:
+    """Every PromQL expression charts only metrics the pipeline produces or recording rules define."""
     unknown = metric_names(expr) - KNOWN_METRICS - _recorded()
     assert not unknown, f"{where}: unknown metric(s) {sorted(unknown)} in: {expr}"
 
@@ -360,6 +362,7 @@ def test_promql_uses_only_known_metrics(where: str, expr: str) -> None:
 
 
 def test_promtool_check_config(promtool: str, tmp_path: Path) -> None:
+    """promtool check config accepts prometheus/prometheus.yml."""
     # prometheus.yml reads the sidecar's token from secrets/otelsvc_auth_token next to it (compose
     # mounts a secret there) and promtool insists the file exists: check a copy with a placeholder.
     shutil.copy(PROM_CONFIG, tmp_path / "prometheus.yml")
@@ -371,11 +374,13 @@ def test_promtool_check_config(promtool: str, tmp_path: Path) -> None:
 
 
 def test_promtool_check_rules(promtool: str) -> None:
+    """promtool check rules accepts every rule file."""
     assert RULE_FILES, "no rule files in prometheus/rules"
     _run(promtool, "check", "rules", *RULE_FILES)
 
 
 def test_promtool_test_rules(promtool: str) -> None:
+    """promtool test rules passes every alert and recording-rule unit test."""
     assert RULE_TESTS, "no rule unit tests in prometheus/tests"
     out = _run(promtool, "test", "rules", *RULE_TESTS)
     assert "FAILED" not in out, out
@@ -408,6 +413,7 @@ def test_dashboard_promql_parses(promtool: str, tmp_path: Path) -> None:
 
 
 def test_prometheus_scrape_jobs() -> None:
+    """Prometheus scrapes the collector, its own telemetry and the sidecar (for up only)."""
     config = _load_yaml(PROM_CONFIG)
     assert config["global"]["scrape_interval"] == "10s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -429,6 +435,7 @@ def test_prometheus_scrape_jobs() -> None:
 
 
 def test_every_alert_has_metadata() -> None:
+    """Every alert has severity, summary, description and runbook annotations."""
     names = [a["alert"] for a in _alerts()]
     assert len(names) == len(set(names)), "duplicate alert names"
     for alert in _alerts():
@@ -444,6 +451,7 @@ def test_every_alert_has_metadata() -> None:
 
 
 def test_required_alerts_exist() -> None:
+    """The alerts the issue asks for all exist."""
     names = {a["alert"] for a in _alerts()}
     assert {
         "SidecarDown",
@@ -474,6 +482,7 @@ def _rule_test_cases() -> Iterator[dict[str, Any]]:
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    """Every alert has a firing and a quiet promtool unit test."""
     firing: set[str] = set()
     quiet: set[str] = set()
     for case in _rule_test_cases():
@@ -486,6 +495,7 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
 
 
 def test_every_recording_rule_is_unit_tested() -> None:
+    """Every recording rule has a promtool value test."""
     tested: set[str] = set()
     for case in _rule_test_cases():
         for check in case.get("promql_expr_test", []):
@@ -504,6 +514,7 @@ def _route(amtool: str, *labels: str) -> str:
 
 
 def test_amtool_check_config(amtool: str) -> None:
+    """amtool check-config accepts alertmanager/alertmanager.yml."""
     _run(amtool, "check-config", ALERTMANAGER_CONFIG)
 
 
@@ -518,15 +529,18 @@ def test_amtool_check_config(amtool: str) -> None:
     ],
 )
 def test_alertmanager_routes(amtool: str, labels: list[str], receivers: str) -> None:
+    """Alertmanager routes by severity to the expected receivers."""
     assert _route(amtool, *labels) == receivers
 
 
 def test_alertmanager_severities_are_routed(amtool: str) -> None:
+    """amtool routes each severity to its receiver."""
     for severity in {a["labels"]["severity"] for a in _alerts()}:
         assert _route(amtool, f"severity={severity}") in {"pager", "default"}, severity
 
 
 def test_alertmanager_secrets_and_webhooks() -> None:
+    """Alertmanager secrets come from files and the default receiver is a webhook."""
     config = _load_yaml(ALERTMANAGER_CONFIG)
     text = ALERTMANAGER_CONFIG.read_text()
     # secrets only by file
@@ -553,6 +567,7 @@ def test_alertmanager_secrets_and_webhooks() -> None:
 
 
 def test_datasources_are_linked() -> None:
+    """Grafana datasources link exemplars, logs and traces to each other."""
     uids = {d["uid"] for d in _datasources()}
     assert {"prometheus", "loki", "tempo", "alertmanager"} <= uids
 
@@ -608,6 +623,7 @@ def test_datasource_templates_are_escaped() -> None:
 
 
 def test_dashboard_provider_points_at_dashboards() -> None:
+    """The dashboard provider loads the repository's dashboards."""
     providers = _load_yaml(DASHBOARD_PROVIDERS)["providers"]
     assert len(providers) == 1
     path = providers[0]["options"]["path"]
@@ -615,6 +631,7 @@ def test_dashboard_provider_points_at_dashboards() -> None:
 
 
 def test_dashboards_exist() -> None:
+    """The three dashboards exist."""
     assert {p.name for p in DASHBOARDS} >= {
         "ai-overview.json",
         "model-performance.json",
@@ -624,6 +641,7 @@ def test_dashboards_exist() -> None:
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_dashboard_is_valid(path: Path) -> None:
+    """A dashboard parses, uses provisioned datasource uids and a 10 s refresh."""
     dash = _dashboard(path)
     uids = {d["uid"] for d in _datasources()}
     assert dash.get("uid")
@@ -659,11 +677,13 @@ def test_dashboard_is_valid(path: Path) -> None:
 
 
 def test_dashboard_uids_are_unique() -> None:
+    """Dashboard uids are unique."""
     uids = [_dashboard(p)["uid"] for p in DASHBOARDS]
     assert len(uids) == len(set(uids))
 
 
 def test_ai_overview_error_rate_colours() -> None:
+    """The error-rate panel is green below 5 %, yellow to 10 %, red above."""
     dash = _dashboard(GRAFANA / "dashboards" / "ai-overview.json")
     panel = next(p for p in _panels(dash) if p["title"].startswith("Error rate"))
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
@@ -700,6 +720,7 @@ STATE = {
 
 
 def test_compose_services() -> None:
+    """docker-compose.yml defines every service with an image or a build."""
     assert set(_services()) == EXPECTED_SERVICES
     for name, service in _services().items():
         assert service.get("image") or service.get("build"), f"{name}: no image or build"
@@ -711,6 +732,7 @@ def test_compose_services() -> None:
 
 
 def test_compose_build_contexts_exist() -> None:
+    """Every compose build context and Dockerfile exists."""
     for name, service in _services().items():
         build = service.get("build")
         if not build:
@@ -726,6 +748,7 @@ def test_compose_build_contexts_exist() -> None:
 
 
 def test_compose_mounts_and_volumes() -> None:
+    """Bind mounts exist in the repository and named volumes are declared."""
     declared = set(_compose().get("volumes") or {})
     used = set()
     for name in _services():
@@ -743,6 +766,7 @@ def test_compose_mounts_and_volumes() -> None:
 
 
 def test_compose_publishes_only_grafana_and_intake_on_loopback() -> None:
+    """Only Grafana and the sidecar intake are published, on 127.0.0.1."""
     published = {}
     for name, service in _services().items():
         for port in service.get("ports") or []:
@@ -754,6 +778,7 @@ def test_compose_publishes_only_grafana_and_intake_on_loopback() -> None:
 
 
 def test_compose_secrets_and_required_env() -> None:
+    """Secrets and required environment variables are declared."""
     raw = COMPOSE.read_text()
     assert re.search(r"OTELSVC_AUTH_TOKEN: \$\{OTELSVC_AUTH_TOKEN:\?", raw)
     assert re.search(r"GF_SECURITY_ADMIN_PASSWORD: \$\{GRAFANA_ADMIN_PASSWORD:\?", raw)
@@ -803,6 +828,7 @@ def test_compose_config_files_are_mounted() -> None:
 
 
 def test_compose_prometheus_flags_and_versions(promtool: str, amtool: str) -> None:
+    """Prometheus runs with exemplar storage and the remote-write receiver."""
     command = _services()["prometheus"]["command"]
     assert "--enable-feature=exemplar-storage" in command
     assert "--web.enable-remote-write-receiver" in command
@@ -812,6 +838,7 @@ def test_compose_prometheus_flags_and_versions(promtool: str, amtool: str) -> No
 
 
 def test_compose_versions_match_the_native_builds() -> None:
+    """Image versions match the binaries the tests build and run."""
     manifest = _load_yaml(COLLECTOR_MANIFEST)
     assert _image_tag("otel-collector") == manifest["dist"]["version"]
     inline = _services()["otel-collector"]["build"]["dockerfile_inline"]
@@ -834,6 +861,7 @@ def test_compose_versions_match_the_native_builds() -> None:
 
 
 def test_compose_sidecar_settings() -> None:
+    """The sidecar service binds beyond loopback only with a token and exports to the collector."""
     env = _environment("otel-service")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
