@@ -7,11 +7,13 @@ produce exactly those names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from opentelemetry.metrics import Counter, Histogram, Meter, Observation
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.metrics import Counter, Meter, Observation
+from opentelemetry.sdk.metrics.view import View
+
+from ._histograms import FastHistogram, HistogramSet
 
 __all__ = ["IntakeInstruments", "WorkerInstruments", "create_views", "register_observables"]
 
@@ -60,24 +62,19 @@ _BUCKETS: dict[str, Sequence[float]] = {
 
 
 def create_views() -> list[View]:
-    """Bucket boundaries per histogram (the cardinality cap is set on the readers)."""
-    return [
-        View(
-            instrument_name=name,
-            aggregation=ExplicitBucketHistogramAggregation(boundaries=tuple(map(float, bounds))),
-        )
-        for name, bounds in _BUCKETS.items()
-    ]
+    """No custom views: histograms with advised buckets are ``FastHistogram`` s; the cardinality cap
+    of SDK instruments is set on the readers."""
+    return []
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerInstruments:
     """Instruments recorded by the exporter, per processed event."""
 
-    operation_duration: Histogram
-    token_usage: Histogram
+    operation_duration: FastHistogram
+    token_usage: FastHistogram
     lab_requests: Counter
-    lab_response_time: Histogram
+    lab_response_time: FastHistogram
     lab_tokens: Counter
     lab_cost: Counter
     lab_appointments: Counter
@@ -85,10 +82,10 @@ class WorkerInstruments:
     cost: Counter
     unpriced: Counter
     outcomes: Counter
-    message_length: Histogram
+    message_length: FastHistogram
     predictions: Counter
-    prediction_duration: Histogram
-    prediction_confidence: Histogram
+    prediction_duration: FastHistogram
+    prediction_confidence: FastHistogram
     feedback: Counter
     processed: Counter
     label_overflow: Counter
@@ -99,24 +96,21 @@ class WorkerInstruments:
     dropped: Counter
 
     @classmethod
-    def create(cls, meter: Meter) -> WorkerInstruments:
+    def create(cls, meter: Meter, histograms: HistogramSet) -> WorkerInstruments:
+        def histogram(name: str, unit: str, description: str) -> FastHistogram:
+            return histograms.create(name, unit=unit, description=description, bounds=_BUCKETS[name])
+
         return cls(
-            operation_duration=meter.create_histogram(
-                "gen_ai.client.operation.duration",
-                unit="s",
-                description="GenAI operation duration.",
+            operation_duration=histogram(
+                "gen_ai.client.operation.duration", "s", "GenAI operation duration."
             ),
-            token_usage=meter.create_histogram(
-                "gen_ai.client.token.usage",
-                unit="{token}",
-                description="Number of input and output tokens used.",
+            token_usage=histogram(
+                "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used."
             ),
             lab_requests=meter.create_counter(
                 "ai_requests", unit="{request}", description="Total AI requests"
             ),
-            lab_response_time=meter.create_histogram(
-                "ai_response_time", unit="s", description="AI response time in seconds"
-            ),
+            lab_response_time=histogram("ai_response_time", "s", "AI response time in seconds"),
             lab_tokens=meter.create_counter(
                 "ai_tokens_used", unit="{token}", description="Total tokens used"
             ),
@@ -147,25 +141,17 @@ class WorkerInstruments:
                 unit="{event}",
                 description="Business outcomes of AI conversations (appointments, handoffs).",
             ),
-            message_length=meter.create_histogram(
-                "ai.message.length", unit="{char}", description="Length of user and AI messages."
-            ),
+            message_length=histogram("ai.message.length", "{char}", "Length of user and AI messages."),
             predictions=meter.create_counter(
                 "ml.predictions",
                 unit="{prediction}",
                 description="Total number of predictions made",
             ),
-            prediction_duration=meter.create_histogram(
-                "ml.prediction.duration",
-                unit="s",
-                description="Time spent processing prediction requests",
+            prediction_duration=histogram(
+                "ml.prediction.duration", "s", "Time spent processing prediction requests"
             ),
-            prediction_confidence=meter.create_histogram(
-                # Dimensionless, but no unit "1": it would render as _ratio only on some exporters.
-                "ml.prediction.confidence",
-                unit="",
-                description="Confidence of predictions.",
-            ),
+            # Dimensionless, but no unit "1": it would render as _ratio only on some exporters.
+            prediction_confidence=histogram("ml.prediction.confidence", "", "Confidence of predictions."),
             feedback=meter.create_counter(
                 "ml.feedback",
                 unit="{feedback}",
@@ -214,6 +200,7 @@ class WorkerInstruments:
 
 def register_observables(
     meter: Meter,
+    histograms: HistogramSet,
     *,
     drift_scores: Callable[[], dict[tuple[str, str], float]],
     spool_bytes: Callable[[], int],
@@ -229,6 +216,14 @@ def register_observables(
             ]
         ],
         description="Kolmogorov-Smirnov distance between a feature's reference and recent values.",
+    )
+    meter.create_observable_counter(
+        "otel_service.metric.overflow",
+        callbacks=[
+            lambda _: [Observation(n, {"metric": name}) for name, n in histograms.overflowed().items()]
+        ],
+        unit="{measurement}",
+        description="Measurements folded into an otel_metric_overflow series (cardinality cap).",
     )
     meter.create_observable_gauge(
         "otel_service.spool.size",
@@ -246,28 +241,55 @@ def register_observables(
 
 @dataclass(frozen=True, slots=True)
 class IntakeInstruments:
-    """Instruments recorded by the HTTP intake."""
+    """Instruments of the HTTP intake: event counts are observed from plain counters (cheap on the
+    request path), request durations go to an in-process histogram."""
 
-    received: Counter
-    rejected: Counter
-    request_duration: Histogram
+    request_duration: FastHistogram
 
     @classmethod
-    def create(cls, meter: Meter) -> IntakeInstruments:
+    def create(
+        cls,
+        meter: Meter,
+        histograms: HistogramSet,
+        *,
+        received: Callable[[], Mapping[tuple[str, str], int]],
+        rejected: Callable[[], Mapping[tuple[str, str], int]],
+    ) -> IntakeInstruments:
+        meter.create_observable_counter(
+            "otel_service.events.received",
+            callbacks=[
+                lambda _: [
+                    Observation(n, {"endpoint": endpoint, "kind": kind})
+                    for (endpoint, kind), n in received().items()
+                ]
+            ],
+            unit="{event}",
+            description="Events accepted by intake (202), by endpoint and kind.",
+        )
+        meter.create_observable_counter(
+            "otel_service.events.rejected",
+            callbacks=[
+                lambda _: [
+                    Observation(n, {"endpoint": endpoint, "reason": reason})
+                    for (endpoint, reason), n in rejected().items()
+                ]
+            ],
+            unit="{event}",
+            description="Events or requests refused by intake, by endpoint and reason.",
+        )
+        meter.create_observable_counter(
+            "otel_service.metric.overflow",
+            callbacks=[
+                lambda _: [Observation(n, {"metric": name}) for name, n in histograms.overflowed().items()]
+            ],
+            unit="{measurement}",
+            description="Measurements folded into an otel_metric_overflow series (cardinality cap).",
+        )
         return cls(
-            received=meter.create_counter(
-                "otel_service.events.received",
-                unit="{event}",
-                description="Events accepted by intake (202), by endpoint and kind.",
-            ),
-            rejected=meter.create_counter(
-                "otel_service.events.rejected",
-                unit="{event}",
-                description="Events or requests refused by intake, by endpoint and reason.",
-            ),
-            request_duration=meter.create_histogram(
+            request_duration=histograms.create(
                 "http.server.request.duration",
                 unit="s",
                 description="Duration of HTTP server requests.",
-            ),
+                bounds=_BUCKETS["http.server.request.duration"],
+            )
         )

@@ -20,6 +20,7 @@ from ._validation import Limits, event_time
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 
 _STAT_TTL = 0.25
+_ENDPOINTS = {"track": "/track", "events": "/v1/events"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +39,22 @@ class IntakeStats:
     requests: int = 0
     failed_requests: int = 0
     last_request: float | None = None
-    accepted: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
+    #: Accepted events by (endpoint, kind) and refusals by (endpoint, reason); the intake's event
+    #: metrics are observed from these, so the request path only increments a dict.
+    received: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def accepted_by_kind(self) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for (_, kind), n in self.received.items():
+            out[kind] += n
+        return dict(out)
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for (_, reason), n in self.rejected.items():
+            out[reason] += n
+        return dict(out)
 
 
 class Intake:
@@ -119,6 +134,7 @@ class Intake:
             accepted.append(Accepted(index, correlation_id, trace_id, span_id))
         if payloads:
             self._spool_bytes += self._writer.append(payloads)
-            for item in items:
-                self.stats.accepted[type(item[1]).__struct_config__.tag] += 1  # type: ignore[index]
+            endpoint = _ENDPOINTS[source]
+            for _, event in items:
+                self.stats.received[(endpoint, str(type(event).__struct_config__.tag))] += 1
         return accepted

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.resources import Resource
 
 __all__ = ["PrometheusOtlpReader"]
 
@@ -28,9 +35,14 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         *,
         interval: float,
         timeout: float,
+        resource: Resource,
+        producers: Sequence[Callable[[], ScopeMetrics | None]] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._resource = resource
+        self._producers = tuple(producers)
+        self._snapshot = False
         self._exporter = exporter
         self._interval = interval
         self._timeout = timeout
@@ -38,7 +50,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._pushing = False
         self._pending: MetricsData | None = None
         self._stop = threading.Event()
-        self._checkpoint_lock: threading.Lock | None = None
+        self._checkpoint_lock: threading.RLock | None = None
         self._checkpoint: Callable[[], Any] | None = None
         self._exported: Callable[[Any], None] | None = None
         # Scrapes and pushes must not interleave: route the scrape callback through the lock.
@@ -51,20 +63,44 @@ class PrometheusOtlpReader(PrometheusMetricReader):
             self._thread.start()
 
     def bind_checkpoints(
-        self, lock: threading.Lock, checkpoint: Callable[[], Any], exported: Callable[[Any], None]
+        self, lock: threading.RLock, checkpoint: Callable[[], Any], exported: Callable[[Any], None]
     ) -> None:
         """Tell the producer of measurements which of them a successful push covered: each push
         collects under ``lock`` after taking ``checkpoint()``, and calls ``exported(checkpoint)``
         once the exporter accepted the data."""
         self._checkpoint_lock, self._checkpoint, self._exported = lock, checkpoint, exported
 
+    def _merge(self, data: MetricsData | None) -> MetricsData | None:
+        """The SDK's collected data plus the producers' scopes (in-process histograms)."""
+        extra = [scope for produce in self._producers if (scope := produce()) is not None]
+        if not extra:
+            return data
+        if data is None or not data.resource_metrics:
+            return MetricsData([ResourceMetrics(self._resource, extra, "")])
+        first, *rest = data.resource_metrics
+        merged = ResourceMetrics(first.resource, [*first.scope_metrics, *extra], first.schema_url)
+        return MetricsData([merged, *rest])
+
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> None:
+        data = self._merge(metrics_data)
         if self._pushing:
-            self._pending = metrics_data
+            self._pending = data
             return
-        super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+        if data is not None:
+            super()._receive_metrics(data, timeout_millis, **kwargs)
+
+    def snapshot(self) -> MetricsData | None:
+        """Everything this reader would export now (for tests and diagnostics)."""
+        with self._lock:
+            self._pushing = True
+            try:
+                self.collect()
+            finally:
+                self._pushing = False
+            data, self._pending = self._pending, None
+        return data
 
     def _scrape(self) -> None:
         with self._lock:

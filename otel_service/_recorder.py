@@ -1,8 +1,9 @@
 """Turns envelopes into telemetry: metric measurements, one span, one log record and one stdout line.
 
-Counters are summed per batch and added once per attribute set; histograms are recorded per event,
-with the event's span as exemplar context on the duration histograms. Recording metrics and emitting
-the span and log are separate steps, so a replay after a restart can do either alone.
+Counters are summed per batch and added once per attribute set; histograms (in-process
+``FastHistogram`` s) are recorded per event, with the event's span as exemplar on the durations.
+Recording metrics and emitting the span and log are separate steps, so a replay after a restart can
+do either alone.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.metrics import Counter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from . import _otlp
 from ._drift import DriftTracker
@@ -79,11 +77,6 @@ class _Call:
     error: str | None
     total_tokens: int | None
     cost: Cost
-
-
-def _exemplar_context(trace_id: str, span_id: str) -> Context:
-    ctx = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1))
-    return trace.set_span_in_context(NonRecordingSpan(ctx))
 
 
 def _iso(ns: int) -> str:
@@ -174,7 +167,6 @@ class Recorder:
         m, g = self._m, self._g
         model = g["model"](e.model)
         business = g["business_id"](e.business_id or "unknown")
-        ctx = _exemplar_context(env.trace_id, env.span_id)
         seconds = e.duration_ms / 1000.0
         base = {
             "gen_ai.operation.name": e.operation,
@@ -182,7 +174,7 @@ class Recorder:
             "gen_ai.request.model": model,
         }
         duration_attrs = base if call.error is None else {**base, "error.type": g["error_type"](call.error)}
-        m.operation_duration.record(seconds, duration_attrs, context=ctx)
+        m.operation_duration.record(seconds, duration_attrs, env.trace_id, env.span_id)
         if e.input_tokens is not None:
             m.token_usage.record(e.input_tokens, {**base, "gen_ai.token.type": "input"})
         if e.output_tokens is not None:
@@ -196,7 +188,7 @@ class Recorder:
             {"business_id": business, "intent": intent, "response_type": response_type},
             1,
         )
-        m.lab_response_time.record(seconds, tenant, context=ctx)
+        m.lab_response_time.record(seconds, tenant, env.trace_id, env.span_id)
         if call.total_tokens:
             sums.add(m.lab_tokens, {"business_id": business, "model": model}, call.total_tokens)
         cost = call.cost
@@ -243,8 +235,7 @@ class Recorder:
             },
             1,
         )
-        ctx = _exemplar_context(env.trace_id, env.span_id)
-        m.prediction_duration.record(e.duration_ms / 1000.0, ids, context=ctx)
+        m.prediction_duration.record(e.duration_ms / 1000.0, ids, env.trace_id, env.span_id)
         if e.confidence is not None:
             m.prediction_confidence.record(e.confidence, ids)
         if e.features:

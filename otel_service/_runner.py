@@ -32,6 +32,7 @@ from ._sender import create_sender
 from ._settings import Settings
 from ._spool import SpoolReader, stats
 from ._telemetry import Metrics, create_metrics, create_resource, resource_proto, shutdown_quietly
+from ._version import __version__
 from ._worker import ExportWorker
 
 __all__ = ["ExportRunner", "ProcessRunner", "ThreadRunner", "WorkerParts", "build_worker"]
@@ -51,9 +52,9 @@ def build_worker(
     log_stream: Any = None,
 ) -> WorkerParts:
     """Everything the export side needs, wired from settings."""
-    metrics = create_metrics(settings, resource, extra_readers=extra_readers)
-    meter = metrics.provider.get_meter("otel_service.export")
-    instruments = WorkerInstruments.create(meter)
+    metrics = create_metrics(settings, resource, scope="otel_service.export", extra_readers=extra_readers)
+    meter = metrics.provider.get_meter("otel_service.export", __version__)
+    instruments = WorkerInstruments.create(meter, metrics.histograms)
     recorder = Recorder(
         instruments,
         prices=load_price_table(settings.price_table),
@@ -81,10 +82,12 @@ def build_worker(
         resource=resource_proto(resource),
         batch_size=settings.export_batch_size,
         metrics_pushed=settings.otlp_endpoint is not None,
+        metrics_lock=metrics.histograms.lock,
     )
     metrics.reader.bind_checkpoints(worker.metrics_lock, worker.metrics_checkpoint, worker.metrics_exported)
     register_observables(
         meter,
+        metrics.histograms,
         drift_scores=recorder.drift.scores,
         spool_bytes=lambda: stats(settings.spool_dir).bytes,
         oldest_age=worker.oldest_age,

@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
 from . import _otlp
+from ._histograms import HistogramSet
 from ._instruments import create_views
 from ._metric_reader import PrometheusOtlpReader
 from ._settings import Settings
@@ -64,6 +65,7 @@ class Metrics:
     provider: MeterProvider
     registry: CollectorRegistry
     reader: PrometheusOtlpReader
+    histograms: HistogramSet
 
 
 def cardinality_limits(limit: int) -> CardinalityLimits:
@@ -110,12 +112,15 @@ def create_metrics(
     settings: Settings,
     resource: Resource,
     *,
+    scope: str,
     target_info: bool = True,
     extra_readers: Sequence[MetricReader] = (),
 ) -> Metrics:
-    """A meter provider with a Prometheus reader (for ``/metrics``), OTLP export when an endpoint
-    is configured, and ``extra_readers`` (tests pass an ``InMemoryMetricReader``)."""
+    """A meter provider and in-process histograms (instrumentation scope ``scope``) behind one reader
+    that serves ``/metrics`` and pushes OTLP when an endpoint is configured; ``extra_readers`` see the
+    SDK instruments only."""
     registry = CollectorRegistry(auto_describe=True)
+    histograms = HistogramSet(scope, __version__, settings.cardinality_limit)
     reader = PrometheusOtlpReader(
         _otlp_metric_exporter(settings) if settings.otlp_endpoint else None,
         interval=settings.metric_export_interval,
@@ -123,6 +128,8 @@ def create_metrics(
         disable_target_info=not target_info,
         registry=registry,
         cardinality_limits=cardinality_limits(settings.cardinality_limit),
+        resource=resource,
+        producers=[histograms.scope_metrics],
     )
     readers: list[MetricReader] = [reader, *extra_readers]
     provider = MeterProvider(
@@ -130,4 +137,4 @@ def create_metrics(
         resource=resource,
         views=create_views(),
     )
-    return Metrics(provider, registry, reader)
+    return Metrics(provider, registry, reader, histograms)

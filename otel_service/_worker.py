@@ -82,6 +82,7 @@ class ExportWorker:
         resource: bytes,
         batch_size: int = 512,
         metrics_pushed: bool = False,
+        metrics_lock: threading.RLock | None = None,
     ) -> None:
         self._reader = reader
         self._recorder = recorder
@@ -100,7 +101,7 @@ class ExportWorker:
         self._metrics_before_start = cursor.metrics
         #: Held while recording a batch, and by the metric reader while it collects for a push, so
         #: a push's checkpoint covers exactly the events recorded before it.
-        self.metrics_lock = threading.Lock()
+        self.metrics_lock = metrics_lock if metrics_lock is not None else threading.RLock()
         self._cursor_lock = threading.Lock()
         self._recorded = cursor.committed
         #: With OTLP metric pushes, events count as done only once a push covered them; without

@@ -68,19 +68,14 @@ def _serve(settings: Settings) -> int:
     )
     instance_id = new_instance_id()
     resource = create_resource(settings, instance_id)
-    intake_metrics = create_metrics(settings, resource, target_info=False)
+    intake_metrics = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     runner: ExportRunner
     if settings.export_mode == "thread":
         runner = ThreadRunner(build_worker(settings, resource))
     else:
         runner = ProcessRunner(settings, instance_id)
     try:
-        app = create_app(
-            settings,
-            runner=runner,
-            meter_provider=intake_metrics.provider,
-            registry=intake_metrics.registry,
-        )
+        app = create_app(settings, runner=runner, metrics=intake_metrics)
     except SpoolLocked as exc:
         print(f"otel-service: {exc}", file=sys.stderr)
         return 2

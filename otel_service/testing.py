@@ -61,6 +61,8 @@ class OtlpReceiver:
         self.requests: dict[str, list[Any]] = {"traces": [], "logs": [], "metrics": []}
         self._failures: list[Failure] = []
         self.refused: dict[str, int] = {"traces": 0, "logs": 0, "metrics": 0}
+        #: Items received so far (spans, log records, metrics), kept as they arrive.
+        self.counts: dict[str, int] = {"traces": 0, "logs": 0, "metrics": 0}
         self._grpc: grpc.Server | None = None
         self._http: ThreadingHTTPServer | None = None
         self.grpc_port = grpc_port
@@ -164,6 +166,7 @@ class OtlpReceiver:
             time.sleep(self.delay)
         with self._lock:
             self.requests[signal].append(request)
+            self.counts[signal] += _items(signal, request)
             self._lock.notify_all()
 
     # -- reading what arrived ------------------------------------------------------------------
@@ -243,13 +246,21 @@ class OtlpReceiver:
         return True
 
     def wait_for_spans(self, count: int, timeout: float = 10.0) -> bool:
-        return self._wait(lambda: len(self.spans()) >= count, timeout)
+        return self._wait(lambda: self.counts["traces"] >= count, timeout)
 
     def wait_for_logs(self, count: int, timeout: float = 10.0) -> bool:
-        return self._wait(lambda: len(self.logs()) >= count, timeout)
+        return self._wait(lambda: self.counts["logs"] >= count, timeout)
 
     def wait_for_metrics(self, timeout: float = 10.0) -> bool:
         return self._wait(lambda: bool(self.requests["metrics"]), timeout)
+
+
+def _items(signal: str, request: Any) -> int:
+    if signal == "traces":
+        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    if signal == "logs":
+        return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+    return sum(len(sm.metrics) for rm in request.resource_metrics for sm in rm.scope_metrics)
 
 
 class _Servicer:

@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 
 import psutil
 from aiohttp import web
-from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry
 
 from ._instruments import IntakeInstruments
 from ._intake import Intake
@@ -15,6 +13,8 @@ from ._rate_limit import RateLimiter
 from ._runner import ExportRunner
 from ._settings import Settings
 from ._spool import SpoolWriter
+from ._telemetry import Metrics
+from ._version import __version__
 from .web_handlers import SERVICE, Service, routes
 from .web_middlewares import create_middlewares
 
@@ -30,23 +30,25 @@ SERVER_OPTIONS = {
 }
 
 
-def create_app(
-    settings: Settings,
-    *,
-    runner: ExportRunner,
-    meter_provider: MeterProvider,
-    registry: CollectorRegistry,
-) -> web.Application:
-    """The sidecar's HTTP app. ``runner`` hosts the export side; ``meter_provider`` and ``registry``
-    carry the intake's own metrics (the caller owns and shuts them down)."""
+def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) -> web.Application:
+    """The sidecar's HTTP app. ``runner`` hosts the export side; ``metrics`` carries the intake's own
+    metrics (the caller owns and shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
     intake = Intake(writer, max_spool_bytes=settings.spool_max_bytes, limits=settings.limits)
-    instruments = IntakeInstruments.create(meter_provider.get_meter("otel_service.intake"))
-    service = Service(settings, intake, runner, instruments, registry, psutil.Process())
+    instruments = IntakeInstruments.create(
+        metrics.provider.get_meter("otel_service.intake", __version__),
+        metrics.histograms,
+        received=lambda: intake.stats.received,
+        rejected=lambda: intake.stats.rejected,
+    )
+    service = Service(
+        settings, intake, runner, instruments, metrics.registry, metrics.histograms, psutil.Process()
+    )
     app = web.Application(
         middlewares=create_middlewares(
             stats=intake.stats,
             instruments=instruments,
+            histograms=metrics.histograms,
             auth_token=settings.auth_token,
             limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
             cors_origins=settings.cors_origins,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ._correlation import parse_traceparent
 from ._errors import InvalidEvent, PayloadTooLarge, UnsupportedMediaType
+from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
 from ._intake import Intake
 from ._openapi import openapi_document
@@ -43,6 +44,7 @@ class Service:
     runner: ExportRunner
     instruments: IntakeInstruments
     registry: CollectorRegistry
+    histograms: HistogramSet
     process: psutil.Process
 
 
@@ -70,18 +72,16 @@ async def _body(request: web.Request, allowed: frozenset[str], service: Service)
             f"Content-Encoding must be one of {sorted(_DECODERS)}, got {encoding!r}",
             field="Content-Encoding",
         )
-    raw = bytearray()
     try:
         async with asyncio.timeout(_BODY_DEADLINE):
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                raw += chunk
-                if len(raw) > limit:
-                    raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$")
+            raw = await request.read()  # bounded by the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$") from None
     except TimeoutError:
         raise InvalidEvent(
             f"body not received within {_BODY_DEADLINE:.0f} s", field="$", reason="body_timeout"
         ) from None
-    body = _decompress(bytes(raw), encoding, limit)
+    body = _decompress(raw, encoding, limit)
     if not body:
         raise InvalidEvent("empty body", field="$", reason="empty_body")
     return bytes(body)
@@ -104,11 +104,6 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
     return body
 
 
-def _count(service: Service, endpoint: str, reason: str, n: int = 1) -> None:
-    service.intake.stats.rejected[reason] += n
-    service.instruments.rejected.add(n, {"endpoint": endpoint, "reason": reason})
-
-
 async def track(request: web.Request) -> web.Response:
     """The lab's ``POST /track``: one flat event."""
     service = request.app[SERVICE]
@@ -120,7 +115,6 @@ async def track(request: web.Request) -> web.Response:
         header_correlation_id=_header_correlation(request),
         parent=parse_traceparent(request.headers.get("traceparent")),
     )[0]
-    service.instruments.received.add(1, {"endpoint": "/track", "kind": "llm_call"})
     return web.json_response(
         {
             "status": "success",
@@ -154,12 +148,9 @@ async def events(request: web.Request) -> web.Response:
     parent = parse_traceparent(request.headers.get("traceparent"))
     header_cid = _header_correlation(request)
     accepted = service.intake.accept(valid, source="events", header_correlation_id=header_cid, parent=parent)
-    for _, event in valid:
-        kind = type(event).__struct_config__.tag
-        service.instruments.received.add(1, {"endpoint": "/v1/events", "kind": str(kind)})
     for item in errors:
         assert item.error is not None
-        _count(service, "/v1/events", item.error.reason)
+        service.intake.stats.rejected[("/v1/events", item.error.reason)] += 1
     if len(parsed) == 1 and accepted:
         correlation_id = accepted[0].correlation_id
     elif header_cid:
@@ -250,8 +241,8 @@ async def health_detailed(request: web.Request) -> web.Response:
                 "last_request": _iso(stats.last_request),
             },
             "events": {
-                "accepted": dict(stats.accepted),
-                "rejected": dict(stats.rejected),
+                "accepted": stats.accepted_by_kind(),
+                "rejected": stats.rejected_by_reason(),
             },
             "export": export,
         }

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ._errors import OtelServiceError, RateLimited, Unauthorized
+from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
 from ._intake import IntakeStats
 from ._rate_limit import RateLimiter
@@ -33,6 +34,7 @@ def create_middlewares(
     *,
     stats: IntakeStats,
     instruments: IntakeInstruments,
+    histograms: HistogramSet,
     auth_token: str | None,
     limiter: RateLimiter | None,
     cors_origins: tuple[str, ...],
@@ -50,14 +52,12 @@ def create_middlewares(
         try:
             response = await handler(request)
         except OtelServiceError as error:
-            stats.rejected[error.reason] += 1
-            instruments.rejected.add(1, {"endpoint": path, "reason": error.reason})
+            stats.rejected[(path, error.reason)] += 1
             response = _json_error(error, path)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 reason = exc.reason.lower().replace(" ", "_")
-                stats.rejected[reason] += 1
-                instruments.rejected.add(1, {"endpoint": path, "reason": reason})
+                stats.rejected[(path, reason)] += 1
                 response = web.json_response(
                     {"error": reason, "message": exc.text or exc.reason},
                     status=exc.status,
@@ -70,14 +70,15 @@ def create_middlewares(
             response = web.json_response({"error": "internal", "message": "internal error"}, status=500)
         if response.status >= 400:
             stats.failed_requests += 1
-        instruments.request_duration.record(
-            time.perf_counter() - started,
-            {
-                "http.request.method": request.method,
-                "http.route": path,
-                "http.response.status_code": response.status,
-            },
-        )
+        with histograms.lock:
+            instruments.request_duration.record(
+                time.perf_counter() - started,
+                {
+                    "http.request.method": request.method,
+                    "http.route": path,
+                    "http.response.status_code": response.status,
+                },
+            )
         return response
 
     @web.middleware

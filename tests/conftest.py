@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_service import Settings
 from otel_service._runner import ThreadRunner, build_worker
@@ -38,13 +38,11 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 @dataclass
 class Harness:
-    """A running app with in-memory metric readers and the stdout log lines captured."""
+    """A running app (export in a thread) with its stdout log lines captured."""
 
     client: TestClient[Any, Any]
     settings: Settings
     runner: ThreadRunner
-    reader: InMemoryMetricReader
-    intake_reader: InMemoryMetricReader
     log: io.BytesIO
 
     def log_lines(self) -> list[bytes]:
@@ -55,7 +53,8 @@ class Harness:
         return self.runner.parts.worker.wait_idle(timeout)
 
     def metrics(self) -> MetricsData:
-        data = self.reader.get_metrics_data()
+        """What the exporter's reader would export now: SDK instruments and in-process histograms."""
+        data = self.runner.parts.metrics.reader.snapshot()
         assert data is not None
         return data
 
@@ -86,16 +85,13 @@ async def start_app(
     async def start(**env: str) -> Harness:
         settings = make_settings(tmp_path, **env)
         resource = create_resource(settings, "test-instance")
-        reader = InMemoryMetricReader()
-        intake_reader = InMemoryMetricReader()
         log = io.BytesIO()
-        parts = build_worker(settings, resource, extra_readers=[reader], log_stream=log)
-        runner = ThreadRunner(parts)
-        intake = create_metrics(settings, resource, target_info=False, extra_readers=[intake_reader])
-        app = create_app(settings, runner=runner, meter_provider=intake.provider, registry=intake.registry)
+        runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
+        intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
+        app = create_app(settings, runner=runner, metrics=intake)
         providers.append(intake.provider)
         client = await aiohttp_client(app)
-        return Harness(client, settings, runner, reader, intake_reader, log)
+        return Harness(client, settings, runner, log)
 
     yield start
     for provider in providers:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from otel_service import __version__
 from otel_service.testing import OtlpReceiver
 
 from .conftest import StartApp, point_values
@@ -55,7 +56,9 @@ async def test_lab_track_renders_the_lab_metric_names(start_app: StartApp) -> No
     assert app.caught_up()
 
     text = await (await app.client.get("/metrics")).text()
-    scope = 'otel_scope_name="otel_service.export",otel_scope_schema_url="",otel_scope_version=""'
+    scope = (
+        f'otel_scope_name="otel_service.export",otel_scope_schema_url="",otel_scope_version="{__version__}"'
+    )
     assert _prom_lines(text, "ai_requests_total") == [
         f'ai_requests_total{{business_id="test-business",intent="general",{scope},response_type="text"}} 1.0'
     ]

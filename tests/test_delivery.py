@@ -262,8 +262,12 @@ def test_kill_9_mid_load_then_restart_loses_nothing(receiver: OtlpReceiver, tmp_
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(60)
-    assert len({s.span_id for s in receiver.spans()}) == accepted
-    assert len({r.span_id for r in receiver.logs()}) == accepted
-    assert receiver.metric_total(DURATION) == accepted
+    # The request in flight at the kill may have been spooled without its answer reaching the
+    # client: the sidecar owns at least every acknowledged event, and at most one batch more.
+    owned = len({s.span_id for s in receiver.spans()})
+    assert accepted <= owned <= accepted + 20
+    assert len({r.span_id for r in receiver.logs()}) == owned
+    assert receiver.metric_total(DURATION) == owned
     assert export["dropped"] == {}
-    assert len(receiver.spans()) == accepted + export["possible_duplicates"]
+    # The batch in flight at the kill is sent again: it may or may not have arrived the first time.
+    assert owned <= len(receiver.spans()) <= owned + export["possible_duplicates"]

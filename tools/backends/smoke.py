@@ -85,7 +85,7 @@ def main() -> int:
         "TEMPO_BIND_HOST": HOST, "TEMPO_HTTP_PORT": str(p_tempo_http),
         "TEMPO_GRPC_PORT": str(p_tempo_grpc), "TEMPO_OTLP_GRPC_PORT": str(p_tempo_otlp_grpc),
         "TEMPO_OTLP_HTTP_PORT": str(p_tempo_otlp_http), "TEMPO_MEMBERLIST_PORT": str(p_tempo_ml),
-        "TEMPO_DATA_DIR": str(tmp / "tempo"),
+        "TEMPO_DATA_DIR": str(tmp / "tempo"), "TEMPO_GENERATOR_INTERVAL": "2s",
         "TEMPO_REMOTE_WRITE_URL": f"http://{HOST}:{p_prom}/api/v1/write",
         "OTELCOL_BIND_HOST": HOST, "OTELCOL_OTLP_GRPC_PORT": str(p_col_grpc),
         "OTELCOL_OTLP_HTTP_PORT": str(p_col_http), "OTELCOL_PROMETHEUS_PORT": str(p_col_prom),
@@ -267,12 +267,17 @@ def main() -> int:
         for name, p in reversed(procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
+        t0 = time.monotonic()
         for name, p in reversed(procs):
+            # Tempo (this snapshot) never finishes a SIGTERM shutdown once it has answered a query
+            # (query-frontend queue deadlock, upstream); its WAL makes SIGKILL safe.
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=max(0.1, 10 - (time.monotonic() - t0)))
+                print(f"stopped {name} (exit {p.returncode}) at +{time.monotonic() - t0:.1f}s")
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+                print(f"killed {name} at +{time.monotonic() - t0:.1f}s (SIGTERM grace over)")
         if keep:
             print(f"logs and data kept in {tmp}")
         else:
