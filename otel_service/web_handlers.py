@@ -25,6 +25,7 @@ from ._runner import ExportRunner
 from ._settings import Settings
 from ._validation import parse_batch, parse_track
 from ._version import __version__
+from .web_middlewares import json_response
 
 __all__ = ["SERVICE", "Service", "routes"]
 
@@ -73,8 +74,11 @@ async def _body(request: web.Request, allowed: frozenset[str], service: Service)
             field="Content-Encoding",
         )
     try:
-        async with asyncio.timeout(_BODY_DEADLINE):
+        if request.content.is_eof():  # the usual small body arrived with the headers
             raw = await request.read()  # bounded by the app's client_max_size
+        else:
+            async with asyncio.timeout(_BODY_DEADLINE):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$") from None
     except TimeoutError:
@@ -115,7 +119,7 @@ async def track(request: web.Request) -> web.Response:
         header_correlation_id=_header_correlation(request),
         parent=parse_traceparent(request.headers.get("traceparent")),
     )[0]
-    return web.json_response(
+    return json_response(
         {
             "status": "success",
             "message": "Metrics tracked successfully",
@@ -172,7 +176,7 @@ async def events(request: web.Request) -> web.Response:
         answer["span_id"] = accepted[0].span_id
     status = 202 if accepted else 400
     headers = {"X-Correlation-ID": correlation_id} if correlation_id else {}
-    return web.json_response(answer, status=status, headers=headers)
+    return json_response(answer, status=status, headers=headers)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -187,7 +191,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
-    return web.json_response({"status": "healthy", "version": __version__})
+    return json_response({"status": "healthy", "version": __version__})
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -202,7 +206,7 @@ async def ready(request: web.Request) -> web.Response:
     if fill >= READY_FILL_RATIO:
         problems.append(f"export spool {fill:.0%} full")
     body = {"status": "ready" if not problems else "not_ready", "problems": problems}
-    return web.json_response(body, status=200 if not problems else 503)
+    return json_response(body, status=200 if not problems else 503)
 
 
 async def health_detailed(request: web.Request) -> web.Response:
@@ -215,7 +219,7 @@ async def health_detailed(request: web.Request) -> web.Response:
         cpu = process.cpu_percent(interval=None)
     uptime = time.time() - stats.started
     export = await service.runner.status()
-    return web.json_response(
+    return json_response(
         {
             "status": "healthy" if service.runner.alive() else "degraded",
             "service": service.settings.service_name,
@@ -250,7 +254,7 @@ async def health_detailed(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return json_response(openapi_document())
 
 
 async def dashboard(request: web.Request) -> web.Response:
