@@ -28,7 +28,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from otel_service.testing import OtlpReceiver  # noqa: E402
+from otel_service.testing import OtlpReceiver
 
 EVENT = {
     "kind": "llm_call",
@@ -97,12 +97,13 @@ class Server:
     def processes(self) -> list[psutil.Process]:
         return [self.ps, *self.ps.children(recursive=True)]
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
+    def cpu_seconds(self) -> list[float]:
+        """CPU seconds of the intake process, then of its children (export process...)."""
+        out = []
         for proc in self.processes():
             times = proc.cpu_times()
-            total += times.user + times.system
-        return total
+            out.append(times.user + times.system)
+        return out
 
     def rss_mb(self) -> list[float]:
         return [round(proc.memory_info().rss / 2**20, 1) for proc in self.processes()]
@@ -153,9 +154,7 @@ async def open_loop(url: str, rate: float, duration: float) -> dict[str, float]:
         async def one() -> None:
             nonlocal errors
             start = time.perf_counter()
-            async with session.post(
-                url, data=body, headers={"Content-Type": "application/json"}
-            ) as response:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
                 await response.read()
                 if response.status != 202:
                     errors += 1
@@ -197,7 +196,9 @@ def scenario(name: str, server: Server, receiver: OtlpReceiver, run, events_per_
     load_seconds = time.monotonic() - started
     accepted = server.accepted() - before_accepted
     drain = wait_delivered(receiver, before_spans + accepted)
-    cpu = server.cpu_seconds() - before_cpu
+    after_cpu = server.cpu_seconds()
+    per_process = [a - b for a, b in zip(after_cpu, before_cpu, strict=False)]
+    cpu = sum(per_process)
     delivered_spans = receiver.counts["traces"] - before_spans
     row = {
         "scenario": name,
@@ -206,6 +207,7 @@ def scenario(name: str, server: Server, receiver: OtlpReceiver, run, events_per_
         "p50_ms": round(result["p50_ms"], 2),
         "p99_ms": round(result["p99_ms"], 2),
         "cpu_us_per_event": round(cpu / max(1, accepted) * 1e6, 1),
+        "cpu_us_per_event_by_process": [round(c / max(1, accepted) * 1e6, 1) for c in per_process],
         "rss_mb": server.rss_mb(),
         "accepted": accepted,
         "spans_delivered": delivered_spans,
@@ -258,10 +260,11 @@ def main() -> int:
             f"dropped={detail['export']['dropped']} lost={lost}"
         )
         print(f"{'scenario':42} {'events/s':>9} {'delivered/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'CPU us/ev':>9} {'RSS MB':>12}")  # fmt: skip
+              f"{'CPU us/ev':>9} {'(intake, tracker, export)':>26} {'RSS MB':>20}")  # fmt: skip
         for r in rows:
             print(f"{r['scenario']:42} {r['events_per_s']:>9} {r['delivered_events_per_s']:>11} "
-                  f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r['cpu_us_per_event']:>9} {str(r['rss_mb']):>12}")  # fmt: skip
+                  f"{r['p50_ms']:>7} {r['p99_ms']:>7} {r['cpu_us_per_event']:>9} "
+                  f"{r['cpu_us_per_event_by_process']!s:>26} {r['rss_mb']!s:>20}")  # fmt: skip
         return 0 if lost == 0 else 1
 
 

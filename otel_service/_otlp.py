@@ -82,22 +82,26 @@ def _key(key: str) -> bytes:
 
 def key_values(attributes: Mapping[str, Value | None], tag: bytes) -> bytes:
     """Repeated KeyValue fields with field tag ``tag``; ``None`` values are skipped."""
-    parts = []
+    out: list[bytes] = []
+    append = out.append
     small = _SMALL
+    keys = _KEY_CACHE
     for key, value in attributes.items():
         if value is None:
             continue
-        if type(value) is str:  # the common case, inlined
+        key_field = keys.get(key) or _key(key)
+        if type(value) is str:  # the common case: every length prefix fits one byte
             raw = value.encode("utf-8", "surrogatepass")
             n = len(raw)
-            any_value = (b"\x0a" + small[n] + raw) if n < 128 else _len(b"\x0a", raw)
+            size = len(key_field) + n + 4
+            if size < 128:
+                append(b"".join((tag, small[size], key_field, b"\x12", small[n + 2], b"\x0a", small[n], raw)))
+                continue
+            any_value = _len(b"\x0a", raw)
         else:
             any_value = _any(value)
-        n = len(any_value)
-        kv = _key(key) + ((b"\x12" + small[n] + any_value) if n < 128 else _len(b"\x12", any_value))
-        n = len(kv)
-        parts.append((tag + small[n] + kv) if n < 128 else _len(tag, kv))
-    return b"".join(parts)
+        append(_len(tag, key_field + _len(b"\x12", any_value)))
+    return b"".join(out)
 
 
 def resource(attributes: Mapping[str, Value]) -> bytes:

