@@ -214,7 +214,6 @@ def scenario(name: str, server: Server, receiver: OtlpReceiver, run, events_per_
         "drain_s": round(drain, 2),
         "errors": result["errors"],
     }
-    row["events_per_s"] = row["events_per_s"] if events_per_request else row["events_per_s"]
     print(json.dumps(row), flush=True)
     return row
 

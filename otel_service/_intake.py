@@ -10,11 +10,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ._correlation import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
 from ._errors import Unavailable
 from ._events import Event
-from ._records import Envelope, encode_envelope
-from ._spool import SpoolWriter, stats
+from ._records import Envelope, decode_envelope, encode_envelope
+from ._spool import SpoolWriter, first_pending, stats
 from ._validation import Limits, event_time
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
@@ -64,10 +66,13 @@ class Intake:
         *,
         max_spool_bytes: int,
         limits: Limits,
+        max_spool_age: float = 0.0,
         stats_: IntakeStats | None = None,
     ) -> None:
         self._writer = writer
         self._max_bytes = max_spool_bytes
+        self._max_age = max_spool_age
+        self._oldest_age = 0.0
         self._limits = limits
         self.stats = stats_ or IntakeStats()
         self._spool_bytes = 0
@@ -76,11 +81,29 @@ class Intake:
 
     def spool_bytes(self) -> int:
         """Bytes the spool holds (re-measured at most every 250 ms; appends counted meanwhile)."""
-        now = time.monotonic()
-        if now - self._checked > _STAT_TTL:
-            self._spool_bytes = stats(self._writer.directory).bytes
-            self._checked = now
+        self._refresh()
         return self._spool_bytes
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest undelivered event has waited (re-measured at most every 250 ms)."""
+        self._refresh()
+        return self._oldest_age
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked <= _STAT_TTL:
+            return
+        self._checked = now
+        self._spool_bytes = stats(self._writer.directory).bytes
+        self._oldest_age = 0.0
+        if self._max_age and self._spool_bytes:
+            first = first_pending(self._writer.directory)
+            if first is not None:
+                try:
+                    received = decode_envelope(first).received_ns
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    return
+                self._oldest_age = max(0.0, time.time() - received / 1e9)
 
     @property
     def fill_ratio(self) -> float:
@@ -99,6 +122,12 @@ class Intake:
             raise Unavailable("shutting down", reason="shutting_down", retry_after=5)
         if self.spool_bytes() >= self._max_bytes:
             raise Unavailable("the export spool is full; retry later", reason="spool_full", retry_after=10)
+        if self._max_age and self._oldest_age >= self._max_age:
+            raise Unavailable(
+                f"undelivered events are older than {self._max_age:.0f} s; retry later",
+                reason="spool_too_old",
+                retry_after=30,
+            )
         now = time.time()
         received_ns = time.time_ns()
         request_trace = new_trace_id() if parent is None else parent.trace_id

@@ -35,6 +35,8 @@ ENVIRONMENT: dict[str, str] = {
     "OTELSVC_AUTH_TOKEN": "bearer token required on intake endpoints when set",
     "OTELSVC_SPOOL_DIR": "directory of the durable export spool (default: $XDG_STATE_HOME/otel-service)",
     "OTELSVC_SPOOL_MAX_BYTES": "spool size bound; at it intake answers 503 (default: 1073741824)",
+    "OTELSVC_SPOOL_MAX_AGE": "seconds the oldest undelivered event may wait; beyond, intake answers "
+    "503 (default: 86400; 0 = no age bound)",
     "OTELSVC_SPOOL_FSYNC": "never | interval | always: when to fsync the spool (default: never; "
     "a crash of the process loses nothing, a power loss may)",
     "OTELSVC_EXPORT_MODE": "process (export in a child process, default) or thread",
@@ -113,6 +115,7 @@ class Settings:
     log_batch_size: int = 512
     spool_dir: Path = Path(".otel-service-spool")
     spool_max_bytes: int = 1 << 30
+    spool_max_age: float = 86_400.0
     spool_fsync: str = "never"
     export_mode: str = "process"
     max_body_bytes: int = 1 << 20
@@ -175,6 +178,7 @@ class Settings:
             log_batch_size=_int(env, "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512, 1),
             spool_dir=Path(spool) if spool else _default_spool(env),
             spool_max_bytes=_int(env, "OTELSVC_SPOOL_MAX_BYTES", 1 << 30, 1 << 16),
+            spool_max_age=float(_int(env, "OTELSVC_SPOOL_MAX_AGE", 86_400)),
             spool_fsync=fsync,
             export_mode=mode,
             max_body_bytes=_int(env, "OTELSVC_MAX_BODY_BYTES", 1 << 20, 1024),

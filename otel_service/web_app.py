@@ -34,7 +34,12 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
     """The sidecar's HTTP app. ``runner`` hosts the export side; ``metrics`` carries the intake's own
     metrics (the caller owns and shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
-    intake = Intake(writer, max_spool_bytes=settings.spool_max_bytes, limits=settings.limits)
+    intake = Intake(
+        writer,
+        max_spool_bytes=settings.spool_max_bytes,
+        max_spool_age=settings.spool_max_age,
+        limits=settings.limits,
+    )
     instruments = IntakeInstruments.create(
         metrics.provider.get_meter("otel_service.intake", __version__),
         metrics.histograms,

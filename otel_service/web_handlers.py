@@ -205,6 +205,9 @@ async def ready(request: web.Request) -> web.Response:
     fill = service.intake.fill_ratio
     if fill >= READY_FILL_RATIO:
         problems.append(f"export spool {fill:.0%} full")
+    max_age = service.settings.spool_max_age
+    if max_age and service.intake.oldest_age() >= READY_FILL_RATIO * max_age:
+        problems.append(f"oldest undelivered event waited {service.intake.oldest_age():.0f} s")
     body = {"status": "ready" if not problems else "not_ready", "problems": problems}
     return json_response(body, status=200 if not problems else 503)
 

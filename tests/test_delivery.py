@@ -169,6 +169,20 @@ async def test_spool_bound_refuses_new_events_and_keeps_accepted_ones(
     await _reconcile(app, receiver, accepted)
 
 
+async def test_spool_age_bound_refuses_new_events(receiver: OtlpReceiver, start_app: StartApp) -> None:
+    """When the oldest undelivered event is older than the age bound, intake answers 503."""
+    app = await start_app(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint, OTELSVC_SPOOL_MAX_AGE="1")
+    receiver.fail(Failure(count=10**9))
+    accepted = await _send(app, 1, size=5)
+    await asyncio.sleep(1.6)
+    refused = await app.client.post("/v1/events", json=[EVENT])
+    assert refused.status == 503
+    assert (await refused.json())["error"] == "spool_too_old"
+    assert (await app.client.get("/ready")).status == 503
+    receiver.heal()
+    await _reconcile(app, receiver, accepted)
+
+
 # -- kill -9 of the whole sidecar, with real processes ------------------------------------------
 
 
