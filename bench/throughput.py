@@ -59,9 +59,9 @@ def get_json(url: str) -> dict:
 
 
 class Server:
-    def __init__(self, endpoint: str, protocol: str, fsync: str) -> None:
+    def __init__(self, endpoint: str, protocol: str, fsync: str, spool_root: str | None) -> None:
         self.port = free_port()
-        self.spool = tempfile.mkdtemp(prefix="otelsvc-bench-")
+        self.spool = tempfile.mkdtemp(prefix="otelsvc-bench-", dir=spool_root)
         env = {
             **os.environ,
             "OTELSVC_PORT": str(self.port),
@@ -225,6 +225,9 @@ def main() -> int:
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http/protobuf"])
     parser.add_argument("--fsync", default="never", choices=["never", "interval", "always"])
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument(
+        "--spool-root", default=None, help="where the spool lives (e.g. /dev/shm: no disk I/O at all)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is needed (apt-get install wrk)", file=sys.stderr)
@@ -232,7 +235,7 @@ def main() -> int:
     rows = []
     with OtlpReceiver() as receiver:
         endpoint = receiver.grpc_endpoint if args.protocol == "grpc" else receiver.http_endpoint
-        server = Server(endpoint, args.protocol, args.fsync)
+        server = Server(endpoint, args.protocol, args.fsync, args.spool_root)
         try:
             single = json.dumps(EVENT)
             batch = json.dumps([EVENT] * 100)
@@ -255,7 +258,8 @@ def main() -> int:
             server.stop()
         lost = sum(r["accepted"] - r["spans_delivered"] for r in rows)
         print(
-            f"\nprotocol={args.protocol} fsync={args.fsync} cores={os.cpu_count()} "
+            f"\nprotocol={args.protocol} fsync={args.fsync} spool={args.spool_root or tempfile.gettempdir()} "
+            f"cores={os.cpu_count()} "
             f"dropped={detail['export']['dropped']} lost={lost}"
         )
         print(f"{'scenario':42} {'events/s':>9} {'delivered/s':>11} {'p50 ms':>7} {'p99 ms':>7} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.metrics import Counter, Meter, Observation
 from opentelemetry.sdk.metrics.view import View
@@ -198,6 +199,39 @@ class WorkerInstruments:
         )
 
 
+def _observe(
+    create: Callable[..., object],
+    name: str,
+    labels: tuple[str, ...],
+    source: Callable[[], Mapping[Any, float]],
+    *,
+    unit: str,
+    description: str,
+) -> None:
+    """An observable instrument whose points are ``source()``: label values tuple -> value."""
+    create(
+        name,
+        callbacks=[
+            lambda _: [
+                Observation(value, dict(zip(labels, key, strict=True))) for key, value in source().items()
+            ]
+        ],
+        unit=unit,
+        description=description,
+    )
+
+
+def _observe_overflow(meter: Meter, histograms: HistogramSet) -> None:
+    _observe(
+        meter.create_observable_counter,
+        "otel_service.metric.overflow",
+        ("metric",),
+        lambda: {(name,): n for name, n in histograms.overflowed().items()},
+        unit="{measurement}",
+        description="Measurements folded into an otel_metric_overflow series (cardinality cap).",
+    )
+
+
 def register_observables(
     meter: Meter,
     histograms: HistogramSet,
@@ -206,35 +240,30 @@ def register_observables(
     spool_bytes: Callable[[], int],
     oldest_age: Callable[[], float],
 ) -> None:
-    """Gauges read at collection time: drift per feature, and the spool's backlog."""
-    meter.create_observable_gauge(
+    """Instruments read at collection time: drift per feature, cardinality overflow, the spool."""
+    _observe(
+        meter.create_observable_gauge,
         "data_drift_score",
-        callbacks=[
-            lambda _: [
-                Observation(score, {"model_name": model, "feature": feature})
-                for (model, feature), score in drift_scores().items()
-            ]
-        ],
+        ("model_name", "feature"),
+        drift_scores,
+        unit="",
         description="Kolmogorov-Smirnov distance between a feature's reference and recent values.",
     )
-    meter.create_observable_counter(
-        "otel_service.metric.overflow",
-        callbacks=[
-            lambda _: [Observation(n, {"metric": name}) for name, n in histograms.overflowed().items()]
-        ],
-        unit="{measurement}",
-        description="Measurements folded into an otel_metric_overflow series (cardinality cap).",
-    )
-    meter.create_observable_gauge(
+    _observe_overflow(meter, histograms)
+    _observe(
+        meter.create_observable_gauge,
         "otel_service.spool.size",
+        (),
+        lambda: {(): spool_bytes()},
         unit="By",
-        callbacks=[lambda _: [Observation(spool_bytes())]],
         description="Bytes of accepted events not yet delivered.",
     )
-    meter.create_observable_gauge(
+    _observe(
+        meter.create_observable_gauge,
         "otel_service.spool.oldest_age",
+        (),
+        lambda: {(): oldest_age()},
         unit="s",
-        callbacks=[lambda _: [Observation(oldest_age())]],
         description="Age of the oldest accepted event not yet delivered.",
     )
 
@@ -255,36 +284,23 @@ class IntakeInstruments:
         received: Callable[[], Mapping[tuple[str, str], int]],
         rejected: Callable[[], Mapping[tuple[str, str], int]],
     ) -> IntakeInstruments:
-        meter.create_observable_counter(
+        _observe(
+            meter.create_observable_counter,
             "otel_service.events.received",
-            callbacks=[
-                lambda _: [
-                    Observation(n, {"endpoint": endpoint, "kind": kind})
-                    for (endpoint, kind), n in received().items()
-                ]
-            ],
+            ("endpoint", "kind"),
+            received,
             unit="{event}",
             description="Events accepted by intake (202), by endpoint and kind.",
         )
-        meter.create_observable_counter(
+        _observe(
+            meter.create_observable_counter,
             "otel_service.events.rejected",
-            callbacks=[
-                lambda _: [
-                    Observation(n, {"endpoint": endpoint, "reason": reason})
-                    for (endpoint, reason), n in rejected().items()
-                ]
-            ],
+            ("endpoint", "reason"),
+            rejected,
             unit="{event}",
             description="Events or requests refused by intake, by endpoint and reason.",
         )
-        meter.create_observable_counter(
-            "otel_service.metric.overflow",
-            callbacks=[
-                lambda _: [Observation(n, {"metric": name}) for name, n in histograms.overflowed().items()]
-            ],
-            unit="{measurement}",
-            description="Measurements folded into an otel_metric_overflow series (cardinality cap).",
-        )
+        _observe_overflow(meter, histograms)
         return cls(
             request_duration=histograms.create(
                 "http.server.request.duration",
