@@ -162,7 +162,14 @@ class Intake:
             )
             accepted.append(Accepted(index, correlation_id, trace_id, span_id))
         if payloads:
-            self._spool_bytes += self._writer.append(payloads)
+            try:
+                self._spool_bytes += self._writer.append(payloads)
+            except OSError as exc:
+                raise Unavailable(
+                    f"cannot write the export spool: {exc.strerror}",
+                    reason="spool_unwritable",
+                    retry_after=10,
+                ) from None
             endpoint = _ENDPOINTS[source]
             for _, event in items:
                 self.stats.received[(endpoint, str(type(event).__struct_config__.tag))] += 1

@@ -3,7 +3,7 @@
 Intake appends each accepted event before answering 202; the exporter reads from a committed cursor and
 commits further only once what it read has been delivered. A segment is deleted when the cursor moves
 past it. Records survive a crash of either side (the page cache keeps written bytes when a process dies;
-``fsync="always"`` also survives a power loss).
+with ``fsync="always"``, whose callers await ``sync`` before answering, also a power loss).
 
 Frame: 4-byte little-endian payload length, 4-byte CRC-32 of the payload, the payload.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterable
@@ -186,6 +187,11 @@ class SpoolWriter:
         self._fd = self._open(self._number)
         self._written = 0
         self._dirty = False
+        #: Held by ``sync`` (which may run in a thread) and by rotation, so a segment is never
+        #: closed under an fsync.
+        self._sync_lock = threading.Lock()
+        #: fsync calls made; with group commit, fewer than the appends they cover.
+        self.syncs = 0
 
     def _open(self, number: int) -> int:
         return os.open(self.directory / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -203,30 +209,32 @@ class SpoolWriter:
             done = os.write(self._fd, view)
             view = view[done:]
         self._written += len(buffer)
-        if self._fsync == "always":
-            os.fsync(self._fd)
-        else:
-            self._dirty = True
+        self._dirty = True
         return len(buffer)
 
     def sync(self) -> None:
-        """Flush written records to stable storage (the ``interval`` policy calls this)."""
-        if self._dirty:
-            os.fsync(self._fd)
-            self._dirty = False
+        """Flush written records to stable storage. Thread-safe: the ``always`` policy's group
+        commit runs it in a worker thread, the ``interval`` policy on a timer."""
+        with self._sync_lock:
+            if self._dirty:
+                self._dirty = False
+                os.fsync(self._fd)
+                self.syncs += 1
 
     def _rotate(self) -> None:
-        if self._fsync != "never":
-            os.fsync(self._fd)
-        os.close(self._fd)
-        self._number += 1
-        self._fd = self._open(self._number)
-        self._written = 0
+        with self._sync_lock:
+            if self._fsync != "never":
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._number += 1
+            self._fd = self._open(self._number)
+            self._written = 0
 
     def close(self) -> None:
-        if self._fsync != "never":
-            os.fsync(self._fd)
-        os.close(self._fd)
+        with self._sync_lock:
+            if self._fsync != "never":
+                os.fsync(self._fd)
+            os.close(self._fd)
         os.close(self._lock_fd)
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import psutil
 from aiohttp import web
 
+from ._group_commit import GroupCommit
 from ._instruments import IntakeInstruments
 from ._intake import Intake
 from ._rate_limit import RateLimiter
@@ -47,7 +48,14 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         rejected=lambda: intake.stats.rejected,
     )
     service = Service(
-        settings, intake, runner, instruments, metrics.registry, metrics.histograms, psutil.Process()
+        settings,
+        intake,
+        runner,
+        instruments,
+        metrics.registry,
+        metrics.histograms,
+        psutil.Process(),
+        commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
     )
     app = web.Application(
         middlewares=create_middlewares(

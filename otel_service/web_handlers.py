@@ -16,7 +16,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ._correlation import parse_traceparent
-from ._errors import InvalidEvent, PayloadTooLarge, UnsupportedMediaType
+from ._errors import InvalidEvent, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from ._group_commit import GroupCommit
 from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
 from ._intake import Intake
@@ -47,6 +48,19 @@ class Service:
     registry: CollectorRegistry
     histograms: HistogramSet
     process: psutil.Process
+    #: With ``OTELSVC_SPOOL_FSYNC=always``: answers wait until their events are on stable storage.
+    commit: GroupCommit | None = None
+
+    async def durable(self) -> None:
+        """Wait until accepted events are durable, as the fsync policy promises."""
+        if self.commit is None:
+            return
+        try:
+            await self.commit.wait()
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot sync the export spool: {exc.strerror}", reason="spool_unwritable", retry_after=10
+            ) from None
 
 
 SERVICE = web.AppKey("service", Service)
@@ -119,6 +133,7 @@ async def track(request: web.Request) -> web.Response:
         header_correlation_id=_header_correlation(request),
         parent=parse_traceparent(request.headers.get("traceparent")),
     )[0]
+    await service.durable()
     return json_response(
         {
             "status": "success",
@@ -152,6 +167,8 @@ async def events(request: web.Request) -> web.Response:
     parent = parse_traceparent(request.headers.get("traceparent"))
     header_cid = _header_correlation(request)
     accepted = service.intake.accept(valid, source="events", header_correlation_id=header_cid, parent=parent)
+    if accepted:
+        await service.durable()
     for item in errors:
         assert item.error is not None
         service.intake.stats.rejected[("/v1/events", item.error.reason)] += 1
