@@ -28,7 +28,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from otel_service.testing import OtlpReceiver
+from otel_service.testing import Failure, OtlpReceiver
 
 EVENT = {
     "kind": "llm_call",
@@ -187,7 +187,9 @@ def wait_delivered(receiver: OtlpReceiver, expected: int, timeout: float = 300) 
     return time.monotonic() - start
 
 
-def scenario(name: str, server: Server, receiver: OtlpReceiver, run, events_per_request: int) -> dict:
+def scenario(
+    name: str, server: Server, receiver: OtlpReceiver, run, events_per_request: int, heal=None
+) -> dict:
     before_cpu = server.cpu_seconds()
     before_accepted = server.accepted()
     before_spans = receiver.counts["traces"]
@@ -195,6 +197,8 @@ def scenario(name: str, server: Server, receiver: OtlpReceiver, run, events_per_
     result = run()
     load_seconds = time.monotonic() - started
     accepted = server.accepted() - before_accepted
+    if heal is not None:
+        heal()
     drain = wait_delivered(receiver, before_spans + accepted)
     after_cpu = server.cpu_seconds()
     per_process = [a - b for a, b in zip(after_cpu, before_cpu, strict=False)]
@@ -253,6 +257,20 @@ def main() -> int:
                 f"single events at {args.rate:.0f}/s (open loop)", server, receiver,
                 lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
             ))  # fmt: skip
+            # Export off the request path: the same fixed rate with the collector refusing
+            # everything, then answering slowly (intake latency should not move).
+            receiver.fail(Failure(count=10**9))
+            rows.append(scenario(
+                f"at {args.rate:.0f}/s, collector down (503)", server, receiver,
+                lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
+                heal=receiver.heal,
+            ))  # fmt: skip
+            receiver.delay = 0.5
+            rows.append(scenario(
+                f"at {args.rate:.0f}/s, collector slow (0.5 s)", server, receiver,
+                lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
+            ))  # fmt: skip
+            receiver.delay = 0.0
             detail = get_json(f"{server.url}/health/detailed")
         finally:
             server.stop()
