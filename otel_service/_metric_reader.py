@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,10 +107,12 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         with self._lock:
             self.collect()
 
-    def push(self) -> bool:
-        """Collect and export now; ``True`` if the exporter accepted the data."""
+    def push(self, timeout: float | None = None) -> bool:
+        """Collect and export now (within ``timeout`` seconds, default the export timeout);
+        ``True`` if the exporter accepted the data."""
         if self._exporter is None:
             return True
+        timeout = self._timeout if timeout is None else min(timeout, self._timeout)
         token = None
         with self._lock:
             self._pushing = True
@@ -126,7 +129,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         if data is None:
             return True
         try:
-            result = self._exporter.export(data, timeout_millis=self._timeout * 1000)
+            result = self._exporter.export(data, timeout_millis=timeout * 1000)
         except Exception:
             _log.warning("metric export raised", exc_info=True)
             result = MetricExportResult.FAILURE
@@ -146,10 +149,11 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         return self.push()
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        deadline = time.monotonic() + timeout_millis / 1000
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout_millis / 1000)
-        self.push()
+        self.push(timeout=max(0.5, deadline - time.monotonic()))
         if self._exporter is not None:
             self._exporter.shutdown(timeout_millis=timeout_millis)
         super().shutdown(timeout_millis=timeout_millis, **kwargs)

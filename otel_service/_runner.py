@@ -130,9 +130,11 @@ class ThreadRunner:
         return {**worker.status.to_json(), "spool": worker.spool_json()}
 
     async def stop(self, timeout: float) -> None:
-        self.parts.worker.stop(timeout)
-        await asyncio.to_thread(self._thread.join, timeout + 1)
-        shutdown_quietly(self.parts.metrics.provider, timeout)  # the last metric push
+        """Drain and push within ``timeout`` seconds in all; what is left stays in the spool."""
+        deadline = time.monotonic() + timeout
+        self.parts.worker.stop(timeout * 0.75)
+        await asyncio.to_thread(self._thread.join, timeout)
+        shutdown_quietly(self.parts.metrics.provider, max(0.5, deadline - time.monotonic()))
         self.parts.worker.save_cursor()
 
 

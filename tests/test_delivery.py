@@ -297,3 +297,37 @@ async def test_fsync_always_shares_fsyncs_among_concurrent_requests(start_app: S
     writer = app.client.server.app[SERVICE].intake._writer
     assert 1 <= writer.syncs < 50
     assert not writer._dirty
+
+
+def test_sigterm_with_collector_down_keeps_the_rest_for_the_next_start(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """SIGTERM during an outage: exit 0 within the deadline, deliver everything after a restart."""
+    env = {
+        **FAST_EXPORT,
+        "OTELSVC_EXPORT_MODE": "process",
+        "OTELSVC_SPOOL_DIR": str(tmp_path / "spool"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+        "OTELSVC_SHUTDOWN_TIMEOUT": "2",
+    }
+    log = tmp_path / "serve.log"
+    port = _free_port()
+    receiver.fail(Failure(count=10**9))
+    process = _serve(port, env, log)
+    accepted = sum(_post(port, [EVENT] * 25) for _ in range(4))
+    assert accepted == 100
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0, log.read_text()
+    assert time.monotonic() - started < 20
+    assert {s.span_id for s in receiver.spans()} == set()
+    receiver.heal()
+    restarted = _serve(port, env, log)
+    try:
+        assert receiver.wait_for_spans(100, 30)
+        assert receiver.wait_for_logs(100, 30)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(60) == 0
+    assert len({s.span_id for s in receiver.spans()}) == 100
+    assert receiver.metric_total(DURATION) == 100
