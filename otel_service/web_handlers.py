@@ -15,7 +15,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ._correlation import parse_traceparent
+from ._correlation import parse_traceparent, resolve_correlation_id
 from ._errors import InvalidEvent, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from ._group_commit import GroupCommit
 from ._histograms import HistogramSet
@@ -174,12 +174,9 @@ async def events(request: web.Request) -> web.Response:
         service.intake.stats.rejected[("/v1/events", item.error.reason)] += 1
     if len(parsed) == 1 and accepted:
         correlation_id = accepted[0].correlation_id
-    elif header_cid:
-        correlation_id = header_cid
-    elif parent is not None:
-        correlation_id = parent.trace_id
-    else:
-        correlation_id = accepted[0].trace_id if accepted else ""
+    else:  # the request's own: header, traceparent, or the trace its parentless events share
+        fallback = accepted[0].trace_id if accepted else ""
+        correlation_id = resolve_correlation_id(None, header_cid, parent, fallback)
     answer: dict[str, Any] = {
         "accepted": len(accepted),
         "rejected": len(errors),
