@@ -238,6 +238,7 @@ def register_observables(
     *,
     drift_scores: Callable[[], dict[tuple[str, str], float]],
     spool_bytes: Callable[[], int],
+    spool_items: Callable[[], int],
     oldest_age: Callable[[], float],
 ) -> None:
     """Instruments read at collection time: drift per feature, cardinality overflow, the spool."""
@@ -257,6 +258,14 @@ def register_observables(
         lambda: {(): spool_bytes()},
         unit="By",
         description="Bytes of accepted events not yet delivered.",
+    )
+    _observe(
+        meter.create_observable_gauge,
+        "otel_service.spool.items",
+        (),
+        lambda: {(): spool_items()},
+        unit="{event}",
+        description="Accepted events whose spans and logs are not delivered yet.",
     )
     _observe(
         meter.create_observable_gauge,

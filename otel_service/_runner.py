@@ -90,6 +90,7 @@ def build_worker(
         metrics.histograms,
         drift_scores=recorder.drift.scores,
         spool_bytes=lambda: stats(settings.spool_dir).bytes,
+        spool_items=worker.queued_items,
         oldest_age=worker.oldest_age,
     )
     return WorkerParts(worker, metrics)

@@ -128,6 +128,31 @@ def end_position(directory: Path) -> Position:
         return Position(numbers[-1], 0)
 
 
+def count_records(directory: Path, start: Position) -> tuple[int, Position]:
+    """How many whole records lie between ``start`` and the end of the spool, and where counting
+    stopped (before a partial frame): callers count incrementally from there."""
+    count = 0
+    position = start
+    for number in _segments(directory):
+        if number < position.segment:
+            continue
+        offset = position.offset if number == position.segment else 0
+        try:
+            with open(directory / _segment_name(number), "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                while offset + _HEADER.size <= size:
+                    handle.seek(offset)
+                    length, _ = _HEADER.unpack(handle.read(_HEADER.size))
+                    if length > MAX_RECORD_BYTES or offset + _HEADER.size + length > size:
+                        break
+                    offset += _HEADER.size + length
+                    count += 1
+        except FileNotFoundError:
+            continue
+        position = Position(number, offset)
+    return count, position
+
+
 def first_pending(directory: Path) -> bytes | None:
     """The first record after the committed cursor (its payload), if any is whole on disk."""
     cursor = read_cursor(directory)

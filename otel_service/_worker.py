@@ -23,7 +23,7 @@ from ._instruments import WorkerInstruments
 from ._recorder import Recorder
 from ._records import Envelope, decode_envelope
 from ._sender import Sender
-from ._spool import Cursor, Position, SpoolReader, end_position, stats
+from ._spool import Cursor, Position, SpoolReader, count_records, end_position, stats
 from ._version import __version__
 
 __all__ = ["ExportStatus", "ExportWorker"]
@@ -113,6 +113,10 @@ class ExportWorker:
         self._metrics_done = cursor.metrics
         #: Intake time of the oldest record not yet delivered (None when caught up).
         self.oldest_pending_ns: int | None = None
+        #: Records after the delivered position, counted incrementally up to ``_counted_to``.
+        self._queued = 0
+        self._counted_to = cursor.delivered
+        self._queue_lock = threading.Lock()
 
     # -- control -------------------------------------------------------------------------------
 
@@ -225,6 +229,11 @@ class ExportWorker:
             if not self._deliver(payload_of, counts):
                 return 0  # stopping with the batch undelivered: it stays in the spool
         self._delivered = max(self._delivered, ends[-1])
+        with self._queue_lock:  # keep _queued = records in [delivered, counted_to)
+            if ends[-1] <= self._counted_to:
+                self._queued -= len(payloads) - replay
+            else:
+                self._queued, self._counted_to = 0, ends[-1]
         self.save_cursor()
         return len(payloads)
 
@@ -277,6 +286,14 @@ class ExportWorker:
         self.status.dropped[reason] += count
         self._m.dropped.add(count, {"signal": signal, "reason": reason})
 
+    def queued_items(self) -> int:
+        """Accepted events whose spans and logs are not delivered yet (exact; counts frames only
+        in the bytes appended since the last call)."""
+        with self._queue_lock:
+            added, self._counted_to = count_records(self._reader.directory, self._counted_to)
+            self._queued += added
+            return self._queued
+
     def oldest_age(self) -> float:
         """Seconds since the oldest undelivered event was accepted (0 when caught up)."""
         oldest = self.oldest_pending_ns
@@ -286,6 +303,7 @@ class ExportWorker:
         current = stats(self._reader.directory)
         return {
             "segments": current.segments,
+            "items": self.queued_items(),
             "bytes": current.bytes,
             "oldest_age_seconds": round(self.oldest_age(), 3),
         }

@@ -477,7 +477,7 @@ async def test_health_ready_and_detailed(start_app: StartApp) -> None:
     assert detail["requests"]["error_rate_percent"] == 20.0
     assert detail["requests"]["last_request"]
     assert detail["export"]["enabled"] is False
-    assert set(detail["export"]["spool"]) == {"segments", "bytes", "oldest_age_seconds"}
+    assert set(detail["export"]["spool"]) == {"segments", "items", "bytes", "oldest_age_seconds"}
 
 
 async def test_ready_turns_not_ready_before_the_spool_bound(start_app: StartApp) -> None:

@@ -75,9 +75,14 @@ async def test_collector_down_for_a_while_loses_nothing(
     assert status["state"] == "retrying"
     assert status["retries"] >= 1
     assert status["spool"]["bytes"] > 0
+    assert status["spool"]["items"] == accepted
+    metrics = await (await app.client.get("/metrics")).text()
+    [line] = [row for row in metrics.splitlines() if row.startswith("otel_service_spool_items{")]
+    assert line.endswith(f"}} {float(accepted)}")
     assert receiver.spans() == []
     receiver.heal()
     await _reconcile(app, receiver, accepted)
+    assert (await (await app.client.get("/health/detailed")).json())["export"]["spool"]["items"] == 0
 
 
 async def test_slow_collector(receiver: OtlpReceiver, start_app: StartApp) -> None:
