@@ -79,7 +79,17 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         if data is None or not data.resource_metrics:
             return MetricsData([ResourceMetrics(self._resource, extra, "")])
         first, *rest = data.resource_metrics
-        merged = ResourceMetrics(first.resource, [*first.scope_metrics, *extra], first.schema_url)
+        # Same scope as the SDK's instruments: one ScopeMetrics with both (exporters key by scope).
+        scopes = {(s.scope.name, s.scope.version): s for s in first.scope_metrics}
+        for scope in extra:
+            key = (scope.scope.name, scope.scope.version)
+            same = scopes.get(key)
+            scopes[key] = (
+                scope
+                if same is None
+                else ScopeMetrics(same.scope, [*same.metrics, *scope.metrics], same.schema_url)
+            )
+        merged = ResourceMetrics(first.resource, list(scopes.values()), first.schema_url)
         return MetricsData([merged, *rest])
 
     def _receive_metrics(

@@ -217,6 +217,24 @@ async def test_spans_logs_and_metrics_reach_an_otlp_receiver(
     assert exemplar_traces == {span.trace_id.hex()}
 
 
+async def test_one_push_carries_counters_and_histograms(receiver: OtlpReceiver, start_app: StartApp) -> None:
+    """In-process histograms and SDK counters of one scope arrive together, in one scope."""
+    app = await start_app(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc"
+    )
+    assert (await app.client.post("/track", json=LAB_EVENT)).status == 202
+    deadline = time.monotonic() + 10
+    while receiver.metric_total("ai_requests") < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert receiver.metric_total("ai_requests") == 1
+    assert receiver.metric_total("gen_ai.client.operation.duration") == 1
+    last = receiver.requests["metrics"][-1]
+    scopes = [s.scope.name for rm in last.resource_metrics for s in rm.scope_metrics]
+    assert len(scopes) == len(set(scopes))
+    names = {m.name for rm in last.resource_metrics for s in rm.scope_metrics for m in s.metrics}
+    assert {"ai_requests", "gen_ai.client.operation.duration", "otel_service.spool.items"} <= names
+
+
 async def test_failed_call_span_has_error_status(receiver: OtlpReceiver, start_app: StartApp) -> None:
     """A failed LLM call's span carries error status and error.type."""
     app = await start_app(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint)
