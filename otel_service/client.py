@@ -65,7 +65,41 @@ class _Accounting:
             self.dropped["send_failed"] += count
 
 
-class EventClient:
+class _Client:
+    """What both clients share: the bounded queue of encoded events and the accounting."""
+
+    _queue: queue.Queue[bytes] | asyncio.Queue[bytes]
+    _full: tuple[type[Exception], ...] = (queue.Full, asyncio.QueueFull)
+
+    def __init__(self) -> None:
+        self._accounting = _Accounting()
+        self._closed = False
+
+    @property
+    def sent(self) -> int:
+        return self._accounting.sent
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self._accounting.dropped
+
+    def send(self, event: Mapping[str, Any]) -> bool:
+        """Queue one event without waiting; ``False`` (and counted) if it had to be dropped."""
+        if self._closed:
+            self._accounting.dropped["closed"] += 1
+            return False
+        encoded = _encode(event, self._accounting)
+        if encoded is None:
+            return False
+        try:
+            self._queue.put_nowait(encoded)
+        except self._full:
+            self._accounting.dropped["queue_full"] += 1
+            return False
+        return True
+
+
+class EventClient(_Client):
     """Thread-based client; safe to call from any thread."""
 
     def __init__(
@@ -91,35 +125,11 @@ class EventClient:
         self._batch_size = batch_size
         self._interval = flush_interval
         self._max_retries = max_retries
+        super().__init__()
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_queue)
-        self._accounting = _Accounting()
-        self._closed = False
         self._conn: http.client.HTTPConnection | None = None
         self._thread = threading.Thread(target=self._run, name="otel-service-client", daemon=True)
         self._thread.start()
-
-    @property
-    def sent(self) -> int:
-        return self._accounting.sent
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self._accounting.dropped
-
-    def send(self, event: Mapping[str, Any]) -> bool:
-        """Queue one event; ``False`` (and counted) if it had to be dropped."""
-        if self._closed:
-            self._accounting.dropped["closed"] += 1
-            return False
-        encoded = _encode(event, self._accounting)
-        if encoded is None:
-            return False
-        try:
-            self._queue.put_nowait(encoded)
-        except queue.Full:
-            self._accounting.dropped["queue_full"] += 1
-            return False
-        return True
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far was sent (or dropped)."""
@@ -187,7 +197,7 @@ class EventClient:
         return response.status, response.read(), response.getheader("Retry-After")
 
 
-class AsyncEventClient:
+class AsyncEventClient(_Client):
     """asyncio client; create it inside a running loop and ``await close()`` when done."""
 
     def __init__(
@@ -209,34 +219,10 @@ class AsyncEventClient:
         self._batch_size = batch_size
         self._interval = flush_interval
         self._max_retries = max_retries
+        super().__init__()
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)
-        self._accounting = _Accounting()
-        self._closed = False
         self._session: aiohttp.ClientSession | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
-
-    @property
-    def sent(self) -> int:
-        return self._accounting.sent
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self._accounting.dropped
-
-    def send(self, event: Mapping[str, Any]) -> bool:
-        """Queue one event without awaiting; ``False`` (and counted) if dropped."""
-        if self._closed:
-            self._accounting.dropped["closed"] += 1
-            return False
-        encoded = _encode(event, self._accounting)
-        if encoded is None:
-            return False
-        try:
-            self._queue.put_nowait(encoded)
-        except asyncio.QueueFull:
-            self._accounting.dropped["queue_full"] += 1
-            return False
-        return True
 
     async def flush(self, timeout: float = 10.0) -> bool:
         try:
