@@ -189,7 +189,7 @@ class WorkerInstruments:
                 "otel_service.export.duplicates",
                 unit="{event}",
                 description="Events sent again after a restart because their delivery was in flight "
-                "(possible duplicates downstream).",
+                "(possible duplicates downstream), by signal (traces_and_logs, metrics).",
             ),
             dropped=meter.create_counter(
                 "otel_service.dropped",

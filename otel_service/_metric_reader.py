@@ -53,6 +53,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._stop = threading.Event()
         self._checkpoint_lock: threading.RLock | None = None
         self._checkpoint: Callable[[], Any] | None = None
+        self._exporting: Callable[[Any], None] | None = None
         self._exported: Callable[[Any], None] | None = None
         # Scrapes and pushes must not interleave: route the scrape callback through the lock.
         self._collector._callback = self._scrape  # type: ignore[assignment]
@@ -64,12 +65,17 @@ class PrometheusOtlpReader(PrometheusMetricReader):
             self._thread.start()
 
     def bind_checkpoints(
-        self, lock: threading.RLock, checkpoint: Callable[[], Any], exported: Callable[[Any], None]
+        self,
+        lock: threading.RLock,
+        checkpoint: Callable[[], Any],
+        exporting: Callable[[Any], None],
+        exported: Callable[[Any], None],
     ) -> None:
-        """Tell the producer of measurements which of them a successful push covered: each push
-        collects under ``lock`` after taking ``checkpoint()``, and calls ``exported(checkpoint)``
-        once the exporter accepted the data."""
-        self._checkpoint_lock, self._checkpoint, self._exported = lock, checkpoint, exported
+        """Tell the producer of measurements which of them a push covers: each push collects under
+        ``lock`` after taking ``checkpoint()``, calls ``exporting(checkpoint)`` before sending and
+        ``exported(checkpoint)`` once the exporter accepted the data."""
+        self._checkpoint_lock, self._checkpoint = lock, checkpoint
+        self._exporting, self._exported = exporting, exported
 
     def _merge(self, data: MetricsData | None) -> MetricsData | None:
         """The SDK's collected data plus the producers' scopes (in-process histograms)."""
@@ -138,6 +144,8 @@ class PrometheusOtlpReader(PrometheusMetricReader):
             data, self._pending = self._pending, None
         if data is None:
             return True
+        if self._exporting is not None and token is not None:
+            self._exporting(token)
         try:
             result = self._exporter.export(data, timeout_millis=timeout * 1000)
         except Exception:

@@ -84,7 +84,9 @@ def build_worker(
         metrics_pushed=settings.otlp_endpoint is not None,
         metrics_lock=metrics.histograms.lock,
     )
-    metrics.reader.bind_checkpoints(worker.metrics_lock, worker.metrics_checkpoint, worker.metrics_exported)
+    metrics.reader.bind_checkpoints(
+        worker.metrics_lock, worker.metrics_checkpoint, worker.metrics_exporting, worker.metrics_exported
+    )
     register_observables(
         meter,
         metrics.histograms,

@@ -89,6 +89,9 @@ class Cursor:
     delivered: Position
     metrics: Position
     inflight: Position
+    #: The checkpoint of the metric push under way when the cursor was written: events up to it may
+    #: have reached the collector even if the process died before recording the success.
+    metrics_inflight: Position = Position(0, 0)
 
     @property
     def committed(self) -> Position:
@@ -96,18 +99,21 @@ class Cursor:
 
     @classmethod
     def at(cls, position: Position) -> Cursor:
-        return cls(position, position, position)
+        return cls(position, position, position, position)
 
     def dumps(self) -> str:
-        return " ".join(f"{p.segment} {p.offset}" for p in (self.delivered, self.metrics, self.inflight))
+        positions = (self.delivered, self.metrics, self.inflight, self.metrics_inflight)
+        return " ".join(f"{p.segment} {p.offset}" for p in positions)
 
     @classmethod
     def loads(cls, text: str) -> Cursor:
         numbers = [int(part) for part in text.split()]
-        if len(numbers) != 6:
+        if len(numbers) == 6:  # written before metrics_inflight existed
+            numbers += numbers[2:4]
+        if len(numbers) != 8:
             raise ValueError(f"bad cursor {text!r}")
-        delivered, metrics, inflight = (Position(numbers[k], numbers[k + 1]) for k in (0, 2, 4))
-        return cls(delivered, metrics, max(delivered, inflight))
+        delivered, metrics, inflight, pushing = (Position(numbers[k], numbers[k + 1]) for k in (0, 2, 4, 6))
+        return cls(delivered, metrics, max(delivered, inflight), max(metrics, pushing))
 
 
 def read_cursor(directory: Path) -> Cursor | None:

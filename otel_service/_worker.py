@@ -49,6 +49,7 @@ class ExportStatus:
     retries: int = 0
     replayed: int = 0
     duplicates: int = 0
+    metric_duplicates: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     last_success: float | None = None
     last_error: str | None = None
@@ -65,6 +66,7 @@ class ExportStatus:
             "retries": self.retries,
             "replayed": self.replayed,
             "possible_duplicates": self.duplicates,
+            "possible_metric_duplicates": self.metric_duplicates,
             "dropped": dict(self.dropped),
             "last_success": self.last_success,
             "last_error": self.last_error,
@@ -102,6 +104,10 @@ class ExportWorker:
         self._inflight = cursor.inflight
         #: Metrics of events before this were exported before a restart: not recorded again.
         self._metrics_before_start = cursor.metrics
+        #: Events up to this may have been in a push that succeeded just before a crash: recorded
+        #: again (at least once), and counted as possible metric duplicates.
+        self._metrics_maybe_sent = cursor.metrics_inflight
+        self._metrics_pushing = cursor.metrics
         #: Held while recording a batch, and by the metric reader while it collects for a push, so
         #: a push's checkpoint covers exactly the events recorded before it.
         self.metrics_lock = metrics_lock if metrics_lock is not None else threading.RLock()
@@ -167,6 +173,12 @@ class ExportWorker:
         The caller holds ``metrics_lock``."""
         return self._recorded
 
+    def metrics_exporting(self, checkpoint: Position) -> None:
+        """A metric push covering everything before ``checkpoint`` is about to be sent: persist
+        that first, so a crash during or right after it is known to have possibly counted them."""
+        self._metrics_pushing = max(self._metrics_pushing, checkpoint)
+        self.save_cursor()
+
     def metrics_exported(self, checkpoint: Position) -> None:
         """A metric push covering everything before ``checkpoint`` succeeded: persist it at once,
         so a crash right after cannot make a restart count those events again."""
@@ -177,7 +189,12 @@ class ExportWorker:
         """Persist how far delivery and metric export got; frees fully done segments."""
         with self._cursor_lock:
             metrics = self._metrics_done if self._metrics_pushed else max(self._metrics_done, self._recorded)
-            cursor = Cursor(self._delivered, metrics, max(self._delivered, self._inflight))
+            cursor = Cursor(
+                self._delivered,
+                metrics,
+                max(self._delivered, self._inflight),
+                max(metrics, self._metrics_pushing),
+            )
             if cursor != self._reader.cursor:
                 self._reader.save(cursor)
 
@@ -214,11 +231,15 @@ class ExportWorker:
         if replay:
             self.status.replayed += replay
             self._m.replayed.add(replay)
+        recounted = sum(1 for end in kept_ends[counted:] if end <= self._metrics_maybe_sent)
+        if recounted:
+            self.status.metric_duplicates += recounted
+            self._m.duplicates.add(recounted, {"signal": "metrics"})
         if self._sender is not None and len(envelopes) > replay:
             resent = sum(1 for end in kept_ends[replay:] if end <= self._inflight)
             if resent:
                 self.status.duplicates += resent
-                self._m.duplicates.add(resent)
+                self._m.duplicates.add(resent, {"signal": "traces_and_logs"})
             self._inflight = max(self._inflight, ends[-1])
             self.save_cursor()
             payload_of = {

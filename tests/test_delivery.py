@@ -286,7 +286,9 @@ def test_kill_9_mid_load_then_restart_loses_nothing(receiver: OtlpReceiver, tmp_
     owned = len({s.span_id for s in receiver.spans()})
     assert accepted <= owned <= accepted + 20
     assert len({r.span_id for r in receiver.logs()}) == owned
-    assert receiver.metric_total(DURATION) == owned
+    # A metric push in flight at the kill may have arrived without its success being recorded: its
+    # events are counted again (at least once) and reported as possible metric duplicates.
+    assert owned <= receiver.metric_total(DURATION) <= owned + export["possible_metric_duplicates"]
     assert export["dropped"] == {}
     # The batch in flight at the kill is sent again: it may or may not have arrived the first time.
     assert owned <= len(receiver.spans()) <= owned + export["possible_duplicates"]
