@@ -1223,25 +1223,36 @@ def test_sidecar_kill_9_under_load_loses_nothing(stack: Stack) -> None:
         assert [sp.span_id for sp in found[s.trace_id]] == [s.span_id]
 
     total = n + owned_in_flight
-    expected = {
-        'sum(ai_requests_total{business_id="e2e-crash"})': total,
-        'sum(gen_ai_client_operation_duration_seconds_count{gen_ai_request_model="gpt-4.1"})': total,
-        'sum(ai_tokens_used_total{business_id="e2e-crash"})': 10 * total,
+    per_event = {
+        'sum(ai_requests_total{business_id="e2e-crash"})': 1,
+        'sum(gen_ai_client_operation_duration_seconds_count{gen_ai_request_model="gpt-4.1"})': 1,
+        'sum(ai_tokens_used_total{business_id="e2e-crash"})': 10,
     }
-    eventually(
-        stack,
-        "crash traffic counted exactly once",
-        lambda: assert_metrics(stack, expected),
-        timeout=60,
-        interval=2,
-    )
+
+    def counted_at_least_once() -> None:
+        # A metric push that reached the collector just before the kill, its success not yet on disk,
+        # is counted again after the restart: the sidecar reports those events as possible metric
+        # duplicates, and the totals may exceed the owned events by at most that many.
+        detail = http_request(
+            "GET", stack.sidecar_url + "/health/detailed", headers={"Authorization": f"Bearer {stack.token}"}
+        ).json()
+        extra = detail["export"]["possible_metric_duplicates"]
+        got = metric_values(stack, per_event)
+        wrong = {
+            expr: (got[expr], total * k, (total + extra) * k)
+            for expr, k in per_event.items()
+            if got[expr] is None or not total * k <= got[expr] <= (total + extra) * k
+        }
+        assert not wrong, f"Prometheus (got, min, max): {wrong}"
+
+    eventually(stack, "crash traffic counted at least once", counted_at_least_once, timeout=60, interval=2)
     # Two instances (the killed one and its successor) share the totals; a later scrape still agrees.
     instances = {
         s["metric"]["instance"] for s in stack.prom_query('ai_requests_total{business_id="e2e-crash"}')
     }
     assert len(instances) == 2, instances
     wait_for_scrape_after(stack, time.time() + 2.5)  # a later metric push (every 2 s), scraped
-    assert_metrics(stack, expected)
+    counted_at_least_once()
     assert stack.prom_query("otel_service_dropped_total") == []
 
 
