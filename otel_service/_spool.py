@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,15 +134,19 @@ def end_position(directory: Path) -> Position:
         return Position(numbers[-1], 0)
 
 
+def _pending_segments(directory: Path, start: Position) -> Iterator[tuple[int, int]]:
+    """Each segment at or after ``start``, with the offset to read it from."""
+    for number in _segments(directory):
+        if number >= start.segment:
+            yield number, start.offset if number == start.segment else 0
+
+
 def count_records(directory: Path, start: Position) -> tuple[int, Position]:
     """How many whole records lie between ``start`` and the end of the spool, and where counting
     stopped (before a partial frame): callers count incrementally from there."""
     count = 0
     position = start
-    for number in _segments(directory):
-        if number < position.segment:
-            continue
-        offset = position.offset if number == position.segment else 0
+    for number, offset in _pending_segments(directory, start):
         try:
             with open(directory / _segment_name(number), "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
@@ -162,11 +166,7 @@ def count_records(directory: Path, start: Position) -> tuple[int, Position]:
 def first_pending(directory: Path) -> bytes | None:
     """The first record after the committed cursor (its payload), if any is whole on disk."""
     cursor = read_cursor(directory)
-    position = cursor.committed if cursor else Position(0, 0)
-    for number in _segments(directory):
-        if number < position.segment:
-            continue
-        offset = position.offset if number == position.segment else 0
+    for number, offset in _pending_segments(directory, cursor.committed if cursor else Position(0, 0)):
         try:
             with open(directory / _segment_name(number), "rb") as handle:
                 handle.seek(offset)

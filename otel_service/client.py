@@ -71,7 +71,15 @@ class _Client:
     _queue: queue.Queue[bytes] | asyncio.Queue[bytes]
     _full: tuple[type[Exception], ...] = (queue.Full, asyncio.QueueFull)
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, token: str | None, batch_size: int, flush_interval: float, max_retries: int
+    ) -> None:
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._max_retries = max_retries
         self._accounting = _Accounting()
         self._closed = False
 
@@ -118,14 +126,10 @@ class EventClient(_Client):
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._https = parsed.scheme == "https"
         self._path = (parsed.path.rstrip("/") or "") + "/v1/events"
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
-        self._batch_size = batch_size
-        self._interval = flush_interval
-        self._max_retries = max_retries
-        super().__init__()
+        super().__init__(
+            token=token, batch_size=batch_size, flush_interval=flush_interval, max_retries=max_retries
+        )
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_queue)
         self._conn: http.client.HTTPConnection | None = None
         self._thread = threading.Thread(target=self._run, name="otel-service-client", daemon=True)
@@ -212,14 +216,10 @@ class AsyncEventClient(_Client):
         max_retries: int = 3,
     ) -> None:
         self._url = url.rstrip("/") + "/v1/events"
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._batch_size = batch_size
-        self._interval = flush_interval
-        self._max_retries = max_retries
-        super().__init__()
+        super().__init__(
+            token=token, batch_size=batch_size, flush_interval=flush_interval, max_retries=max_retries
+        )
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)
         self._session: aiohttp.ClientSession | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
