@@ -64,7 +64,16 @@ class FastHistogram:
         trace_id: str | None = None,
         span_id: str | None = None,
     ) -> None:
-        key = tuple(attributes.items())
+        self.record_key(tuple(attributes.items()), value, trace_id, span_id)
+
+    def record_key(
+        self,
+        key: tuple[tuple[str, Any], ...],
+        value: float,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        """``record`` with the attributes given as their items tuple (callers that keep it)."""
         point = self._points.get(key)
         if point is None:
             if len(self._points) >= self._limit - 1:

@@ -18,11 +18,15 @@ __all__ = [
     "SEVERITY_INFO",
     "Value",
     "key_values",
+    "log_head",
     "log_record",
     "logs_request",
     "resource",
     "scope",
     "span",
+    "span_attributes",
+    "span_head",
+    "span_status",
     "traces_request",
 ]
 
@@ -35,20 +39,21 @@ _STATUS_ERROR = 2
 _FIXED64 = struct.Struct("<Q")
 _DOUBLE = struct.Struct("<d")
 _FIXED32 = struct.Struct("<I")
+_SMALL = [bytes((n,)) for n in range(128)]
+_INT64_MASK = 0xFFFFFFFFFFFFFFFF
 
 
 def _varint(value: int) -> bytes:
     if value < 0x80:
-        return bytes((value,))
+        return _SMALL[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-_SMALL = [bytes((n,)) for n in range(128)]
 
 
 def _len(tag: bytes, payload: bytes) -> bytes:
@@ -90,17 +95,23 @@ def key_values(attributes: Mapping[str, Value | None], tag: bytes) -> bytes:
         if value is None:
             continue
         key_field = keys.get(key) or _key(key)
-        if type(value) is str:  # the common case: every length prefix fits one byte
-            raw = value.encode("utf-8", "surrogatepass")
+        kind = type(value)
+        # The common cases, when every length prefix fits one byte: KeyValue{key, AnyValue{value}}.
+        if kind is str:
+            raw = value.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
             n = len(raw)
             size = len(key_field) + n + 4
             if size < 128:
                 append(b"".join((tag, small[size], key_field, b"\x12", small[n + 2], b"\x0a", small[n], raw)))
                 continue
-            any_value = _len(b"\x0a", raw)
-        else:
-            any_value = _any(value)
-        append(_len(tag, key_field + _len(b"\x12", any_value)))
+        elif kind is int:
+            raw = _varint(value & _INT64_MASK)  # type: ignore[operator]
+            n = len(raw)
+            size = len(key_field) + n + 3
+            if size < 128:
+                append(b"".join((tag, small[size], key_field, b"\x12", small[n + 1], b"\x18", raw)))
+                continue
+        append(_len(tag, key_field + _len(b"\x12", _any(value))))
     return b"".join(out)
 
 
@@ -114,37 +125,72 @@ def scope(name: str, version: str) -> bytes:
     return _len(b"\x0a", name.encode()) + _len(b"\x12", version.encode())
 
 
+def span_head(name: str, kind: int) -> bytes:
+    """A Span's name and kind fields."""
+    return _len(b"\x2a", name.encode()) + b"\x30" + _varint(kind)
+
+
+def span_attributes(attributes: Mapping[str, Value | None]) -> bytes:
+    """Span attribute fields, to pass on to ``span`` (e.g. encoded once for many spans)."""
+    return key_values(attributes, b"\x4a")
+
+
+def span_status(error: str | None) -> bytes:
+    """A Span's status field: error with ``error`` as message, or nothing (unset)."""
+    if not error:
+        return b""
+    return _len(b"\x7a", _len(b"\x12", error.encode()) + b"\x18" + _varint(_STATUS_ERROR))
+
+
+# flags (field 16, fixed32): sampled, and "is the parent remote" known: it is when the app sent one.
+_FLAGS_ROOT = b"\x85\x01" + _FIXED32.pack(0x101)
+_FLAGS_REMOTE_PARENT = b"\x85\x01" + _FIXED32.pack(0x301)
+
+
 def span(
     *,
     trace_id: str,
     span_id: str,
     parent_span_id: str | None,
-    name: str,
-    kind: int,
+    head: bytes,
     start_ns: int,
     end_ns: int,
-    attributes: Mapping[str, Value],
-    error: str | None,
+    attributes: Mapping[str, Value | None],
+    encoded_attributes: bytes = b"",
+    status: bytes = b"",
 ) -> bytes:
-    """A Span message body."""
-    parts = [
-        b"\x0a\x10" + bytes.fromhex(trace_id),
-        b"\x12\x08" + bytes.fromhex(span_id),
-    ]
-    if parent_span_id:
-        parts.append(b"\x22\x08" + bytes.fromhex(parent_span_id))
-    parts += [
-        _len(b"\x2a", name.encode()),
-        b"\x30" + _varint(kind),
-        b"\x39" + _FIXED64.pack(start_ns),
-        b"\x41" + _FIXED64.pack(end_ns),
-        key_values(attributes, b"\x4a"),
-    ]
-    if error:
-        parts.append(_len(b"\x7a", _len(b"\x12", error.encode()) + b"\x18" + _varint(_STATUS_ERROR)))
-    # flags (field 16, fixed32): sampled, and "is the parent remote" known: it is when the app sent one.
-    parts.append(b"\x85\x01" + _FIXED32.pack(0x101 | (0x200 if parent_span_id else 0)))
-    return b"".join(parts)
+    """A Span message body from its parts; ``head``, ``encoded_attributes`` and ``status`` come from
+    ``span_head``, ``span_attributes`` and ``span_status``."""
+    return b"".join(
+        (
+            b"\x0a\x10",
+            bytes.fromhex(trace_id),
+            b"\x12\x08",
+            bytes.fromhex(span_id),
+            b"\x22\x08" + bytes.fromhex(parent_span_id) if parent_span_id else b"",
+            head,
+            b"\x39",
+            _FIXED64.pack(start_ns),
+            b"\x41",
+            _FIXED64.pack(end_ns),
+            encoded_attributes,
+            key_values(attributes, b"\x4a"),
+            status,
+            _FLAGS_REMOTE_PARENT if parent_span_id else _FLAGS_ROOT,
+        )
+    )
+
+
+def log_head(severity: int, event_name: str, attributes: Mapping[str, Value | None]) -> bytes:
+    """A LogRecord's severity, event name and (constant) attribute fields, to pass to ``log_record``."""
+    return b"".join(
+        (
+            b"\x10" + _varint(severity),
+            b"\x1a\x05ERROR" if severity >= SEVERITY_ERROR else b"\x1a\x04INFO",
+            key_values(attributes, b"\x32"),
+            _len(b"\x62", event_name.encode()),
+        )
+    )
 
 
 def log_record(
@@ -153,24 +199,25 @@ def log_record(
     span_id: str,
     time_ns: int,
     observed_ns: int,
-    severity: int,
+    head: bytes,
     body: bytes,
-    event_name: str,
-    attributes: Mapping[str, Value],
+    attributes: Mapping[str, Value | None],
 ) -> bytes:
-    """A LogRecord message body; ``body`` is the UTF-8 text of the log line."""
+    """A LogRecord message body; ``head`` comes from ``log_head``, ``body`` is the UTF-8 log line."""
     return b"".join(
         (
-            b"\x09" + _FIXED64.pack(time_ns),
-            b"\x10" + _varint(severity),
-            b"\x1a\x05ERROR" if severity >= SEVERITY_ERROR else b"\x1a\x04INFO",
+            b"\x09",
+            _FIXED64.pack(time_ns),
+            head,
             _len(b"\x2a", _len(b"\x0a", body)),
             key_values(attributes, b"\x32"),
-            b"\x45" + _FIXED32.pack(1),
-            b"\x4a\x10" + bytes.fromhex(trace_id),
-            b"\x52\x08" + bytes.fromhex(span_id),
-            b"\x59" + _FIXED64.pack(observed_ns),
-            _len(b"\x62", event_name.encode()),
+            b"\x45\x01\x00\x00\x00",
+            b"\x4a\x10",
+            bytes.fromhex(trace_id),
+            b"\x52\x08",
+            bytes.fromhex(span_id),
+            b"\x59",
+            _FIXED64.pack(observed_ns),
         )
     )
 

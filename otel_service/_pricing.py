@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["Cost", "ModelPrice", "PriceTable", "load_price_table"]
+__all__ = ["Cost", "ModelPrice", "PriceTable", "cost_of", "load_price_table"]
 
 _PER_TOKEN = 1e-6
 
@@ -64,27 +64,47 @@ class PriceTable:
         cached_input_tokens: int | None = None,
         reasoning_tokens: int | None = None,
     ) -> Cost:
-        """The call's cost: the app's own figure when given, else priced from token counts.
-
-        Cached input tokens are part of ``input_tokens`` and reasoning tokens part of
-        ``output_tokens`` (as the providers report them); each is charged at its own rate.
-        """
-        if reported is not None:
-            return Cost("reported", (("total", reported),))
-        price = self.price(model)
-        if price is None or (input_tokens is None and output_tokens is None):
-            return UNPRICED
-        cached = min(cached_input_tokens or 0, input_tokens or 0)
-        reasoning = min(reasoning_tokens or 0, output_tokens or 0)
-        cached_rate = price.input if price.cached_input is None else price.cached_input
-        reasoning_rate = price.output if price.reasoning is None else price.reasoning
-        parts = (
-            ("input", ((input_tokens or 0) - cached) * price.input * _PER_TOKEN),
-            ("cached_input", cached * cached_rate * _PER_TOKEN),
-            ("output", ((output_tokens or 0) - reasoning) * price.output * _PER_TOKEN),
-            ("reasoning", reasoning * reasoning_rate * _PER_TOKEN),
+        """The call's cost: the app's own figure when given, else priced from token counts."""
+        return cost_of(
+            None if reported is not None else self.price(model),
+            reported=reported,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens,
+            reasoning_tokens=reasoning_tokens,
         )
-        return Cost("computed", tuple((kind, value) for kind, value in parts if value > 0))
+
+
+def cost_of(
+    price: ModelPrice | None,
+    *,
+    reported: float | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cached_input_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+) -> Cost:
+    """A call's cost at ``price`` (the model's, if it has one): the app's own figure when given, else
+    priced from token counts.
+
+    Cached input tokens are part of ``input_tokens`` and reasoning tokens part of ``output_tokens``
+    (as the providers report them); each is charged at its own rate.
+    """
+    if reported is not None:
+        return Cost("reported", (("total", reported),))
+    if price is None or (input_tokens is None and output_tokens is None):
+        return UNPRICED
+    cached = min(cached_input_tokens or 0, input_tokens or 0)
+    reasoning = min(reasoning_tokens or 0, output_tokens or 0)
+    cached_rate = price.input if price.cached_input is None else price.cached_input
+    reasoning_rate = price.output if price.reasoning is None else price.reasoning
+    parts = (
+        ("input", ((input_tokens or 0) - cached) * price.input * _PER_TOKEN),
+        ("cached_input", cached * cached_rate * _PER_TOKEN),
+        ("output", ((output_tokens or 0) - reasoning) * price.output * _PER_TOKEN),
+        ("reasoning", reasoning * reasoning_rate * _PER_TOKEN),
+    )
+    return Cost("computed", tuple((kind, value) for kind, value in parts if value > 0))
 
 
 def load_price_table(path: Path | None = None) -> PriceTable:

@@ -1,5 +1,12 @@
 """Turns envelopes into telemetry: metric measurements, one span, one log record and one stdout line.
 
+Most of an event's telemetry depends only on its low-cardinality fields (kind, model, operation,
+provider, tenant, intent, outcome flags, success): metric attribute sets, the span's name and constant
+attributes, the log record's severity and constant attributes. A ``_Plan`` holds that part, built and
+encoded once per distinct combination and cached (bounded), so each event only adds what is its own:
+values, IDs and times. Plans whose labels hit a cardinality cap are not cached, so every such event is
+counted as an overflow.
+
 Counters are summed per batch and added once per attribute set; histograms (in-process
 ``FastHistogram`` s) are recorded per event, with the event's span as exemplar on the durations.
 Recording metrics and emitting the span and log are separate steps, so a replay after a restart can
@@ -8,10 +15,10 @@ do either alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.metrics import Counter
 
@@ -21,12 +28,14 @@ from ._events import Event, Feedback, LlmCall, Prediction
 from ._instruments import WorkerInstruments
 from ._labels import LabelGuard, infer_provider
 from ._logging import EventLogger
-from ._pricing import Cost, PriceTable
+from ._pricing import ModelPrice, PriceTable, cost_of
 from ._records import Envelope
 
 __all__ = ["Recorded", "Recorder"]
 
 Attrs = dict[str, Any]
+#: A histogram's attribute set as the items tuple ``FastHistogram.record_key`` takes.
+Key = tuple[tuple[str, Any], ...]
 _GUARDED = (
     "business_id",
     "model",
@@ -37,6 +46,9 @@ _GUARDED = (
     "model_version",
     "prediction_result",
 )
+#: Distinct plans kept per event kind; the cache starts over when full.
+_MAX_PLANS = 4096
+_P = TypeVar("_P")
 
 
 @dataclass(slots=True)
@@ -47,44 +59,118 @@ class Recorded:
     logs: list[bytes] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sum:
+    """One counter and attribute set, with its key in ``_Sums``."""
+
+    key: tuple[int, Key]
+    counter: Counter
+    attrs: Attrs
+
+
+def _sum(counter: Counter, attrs: Attrs) -> _Sum:
+    return _Sum((id(counter), tuple(attrs.items())), counter, attrs)
+
+
 class _Sums:
     """Counter increments of one batch, summed per (instrument, attribute set)."""
 
     __slots__ = ("_sums",)
 
     def __init__(self) -> None:
-        self._sums: dict[tuple[int, tuple[tuple[str, Any], ...]], list[Any]] = {}
+        self._sums: dict[tuple[int, Key], list[Any]] = {}
 
-    def add(self, counter: Counter, attrs: Attrs, value: float) -> None:
-        key = (id(counter), tuple(attrs.items()))
-        entry = self._sums.get(key)
-        if entry is None:
-            self._sums[key] = [counter, attrs, value]
+    def add(self, entry: _Sum, value: float) -> None:
+        slot = self._sums.get(entry.key)
+        if slot is None:
+            self._sums[entry.key] = [entry, value]
         else:
-            entry[2] += value
+            slot[1] += value
 
     def flush(self) -> None:
-        for counter, attrs, value in self._sums.values():
-            counter.add(value, attrs)
+        for entry, value in self._sums.values():
+            entry.counter.add(value, entry.attrs)
         self._sums.clear()
 
 
 @dataclass(frozen=True, slots=True)
-class _Call:
-    """What an LLM call implies beyond its fields: provider, error class, token total, cost."""
+class _Emit:
+    """The constant part of the span and log record of every event sharing a plan."""
 
+    kind: str
+    level: str
+    span_head: bytes
+    span_attributes: bytes
+    span_status: bytes
+    log_head: bytes
+    #: Log line fields (``None`` already left out).
+    log_fields: Attrs
+
+
+@dataclass(slots=True)
+class _LlmPlan:
+    emit: _Emit
     provider: str
     error: str | None
-    total_tokens: int | None
-    cost: Cost
+    price: ModelPrice | None
+    cost_source: str
+    base: Attrs
+    business: str
+    duration: Key
+    tokens_in: Key
+    tokens_out: Key
+    tenant: Key
+    message_user: Key
+    message_assistant: Key
+    per_event: tuple[_Sum, ...]
+    tokens: _Sum
+    lab_cost: _Sum
+    unpriced: _Sum
+    cost_by_type: dict[str, _Sum] = field(default_factory=dict)
 
 
-def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="microseconds")
+@dataclass(slots=True)
+class _PredictionPlan:
+    emit: _Emit
+    error: str | None
+    model: str
+    ids: Key
+    per_event: tuple[_Sum, ...]
+
+
+@dataclass(slots=True)
+class _FeedbackPlan:
+    emit: _Emit
+    per_event: tuple[_Sum, ...]
 
 
 def _error(event: LlmCall | Prediction) -> str | None:
     return None if event.success else (event.error_type or "_OTHER")
+
+
+def _key(attrs: Attrs) -> Key:
+    return tuple(attrs.items())
+
+
+def _compact(fields: Attrs) -> Attrs:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class _Timestamps:
+    """RFC 3339 UTC text of nanosecond times, formatting the date and time once per second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ns: int) -> str:
+        second, rest = divmod(ns, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{rest // 1000:06d}+00:00"
 
 
 class Recorder:
@@ -112,7 +198,11 @@ class Recorder:
             name: LabelGuard(name, max_tenants if name == "business_id" else max_label_values)
             for name in _GUARDED
         }
-        self._g: dict[str, Callable[[str], str]] = dict(self._guards.items())
+        self._overflowed = False
+        self._llm_plans: dict[tuple[Any, ...], _LlmPlan] = {}
+        self._prediction_plans: dict[tuple[Any, ...], _PredictionPlan] = {}
+        self._feedback_plans: dict[tuple[Any, ...], _FeedbackPlan] = {}
+        self._timestamp = _Timestamps()
 
     def record(self, envelopes: Sequence[Envelope], *, replay: int = 0, counted: int = 0) -> Recorded:
         """Record the metrics of all but the first ``counted`` envelopes, and emit (log line, span,
@@ -121,296 +211,404 @@ class Recorder:
         sums = _Sums()
         for index, env in enumerate(envelopes):
             event = env.event
-            call = self._call(event) if isinstance(event, LlmCall) else None
-            if index >= counted:
-                if isinstance(event, LlmCall):
-                    assert call is not None
-                    self._llm_metrics(env, event, call, sums)
-                elif isinstance(event, Prediction):
-                    self._prediction_metrics(env, event, sums)
-                else:
-                    self._feedback_metrics(event, sums)
-            if index >= replay:
-                if isinstance(event, LlmCall):
-                    assert call is not None
-                    self._llm_emit(env, event, call, out)
-                elif isinstance(event, Prediction):
-                    self._prediction_emit(env, event, out)
-                else:
-                    self._feedback_emit(env, event, out)
+            if isinstance(event, LlmCall):
+                self._llm(env, event, sums if index >= counted else None, out if index >= replay else None)
+            elif isinstance(event, Prediction):
+                plan = self._prediction_plan(event)
+                if index >= counted:
+                    self._prediction_metrics(env, event, plan, sums)
+                if index >= replay:
+                    self._prediction_emit(env, event, plan, out)
+            else:
+                feedback = self._feedback_plan(event)
+                if index >= counted:
+                    for entry in feedback.per_event:
+                        sums.add(entry, 1)
+                if index >= replay:
+                    self._emit(env, feedback.emit, 0.0, {}, (), out)
         for guard in self._guards.values():
             overflow = guard.take_overflow()
             if overflow:
-                sums.add(self._m.label_overflow, {"attribute": guard.name}, overflow)
+                sums.add(_sum(self._m.label_overflow, {"attribute": guard.name}), overflow)
         sums.flush()
         self._logger.flush()
         return out
 
-    def _call(self, e: LlmCall) -> _Call:
+    # -- plans ---------------------------------------------------------------------------------
+
+    def _label(self, name: str, value: str) -> str:
+        guard = self._guards[name]
+        before = guard.overflowed
+        guarded = guard(value)
+        if guard.overflowed != before:
+            self._overflowed = True
+        return guarded
+
+    def _cache(self, plans: dict[tuple[Any, ...], _P], key: tuple[Any, ...], plan: _P) -> _P:
+        """Keep ``plan`` unless building it replaced a label with ``_OTHER`` (then every event must
+        go through the guard, to be counted)."""
+        if not self._overflowed:
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[key] = plan
+        self._overflowed = False
+        return plan
+
+    def _llm_plan(self, e: LlmCall) -> _LlmPlan:
+        key = (
+            e.operation,
+            e.model,
+            e.provider,
+            e.response_model,
+            e.success,
+            e.error_type,
+            e.business_id,
+            e.intent,
+            e.response_type,
+            e.appointment_requested,
+            e.appointment_booked,
+            e.human_handoff,
+            e.cost_usd is not None,
+            e.input_tokens is None and e.output_tokens is None,
+        )
+        plan = self._llm_plans.get(key)
+        if plan is None:
+            plan = self._cache(self._llm_plans, key, self._new_llm_plan(e))
+        return plan
+
+    def _new_llm_plan(self, e: LlmCall) -> _LlmPlan:
+        m, label = self._m, self._label
+        provider = e.provider or infer_provider(e.model, self._default_provider)
+        error = _error(e)
+        price = self._prices.price(e.model)
+        if e.cost_usd is not None:
+            source = "reported"
+        elif price is None or (e.input_tokens is None and e.output_tokens is None):
+            source = "unpriced"
+        else:
+            source = "computed"
+        model = label("model", e.model)
+        business = label("business_id", e.business_id or "unknown")
+        base = {
+            "gen_ai.operation.name": e.operation,
+            "gen_ai.provider.name": label("provider", provider),
+            "gen_ai.request.model": model,
+        }
+        duration = base if error is None else {**base, "error.type": label("error_type", error)}
+        tenant = {"business_id": business}
+        per_event = [
+            _sum(
+                m.lab_requests,
+                {
+                    "business_id": business,
+                    "intent": label("intent", e.intent or "unknown"),
+                    "response_type": label("response_type", e.response_type or "unknown"),
+                },
+            ),
+            _sum(m.processed, {"kind": "llm_call"}),
+        ]
+        if e.appointment_requested:
+            per_event.append(_sum(m.lab_appointments, tenant))
+            per_event.append(_sum(m.outcomes, {**tenant, "outcome": "appointment_requested"}))
+        if e.appointment_booked:
+            per_event.append(_sum(m.outcomes, {**tenant, "outcome": "appointment_booked"}))
+        if e.human_handoff:
+            per_event.append(_sum(m.lab_handoffs, tenant))
+            per_event.append(_sum(m.outcomes, {**tenant, "outcome": "human_handoff"}))
+        span_attributes = {
+            "gen_ai.operation.name": e.operation,
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": e.model,
+            "gen_ai.response.model": e.response_model,
+            "error.type": error,
+            "app.business_id": e.business_id,
+            "app.intent": e.intent,
+            "app.response_type": e.response_type,
+            "app.cost_source": source,
+            "app.appointment_requested": e.appointment_requested,
+            "app.appointment_booked": e.appointment_booked,
+            "app.human_handoff": e.human_handoff,
+        }
+        log_fields = {
+            "operation": e.operation,
+            "model": e.model,
+            "provider": provider,
+            "response_model": e.response_model,
+            "success": e.success,
+            "error_type": error,
+            "business_id": e.business_id,
+            "intent": e.intent,
+            "response_type": e.response_type,
+            "cost_source": source,
+            "appointment_requested": e.appointment_requested or None,
+            "appointment_booked": e.appointment_booked or None,
+            "human_handoff": e.human_handoff or None,
+        }
+        name = f"{e.operation} {e.model}"
+        return _LlmPlan(
+            emit=self._new_emit(e, name, _otlp.KIND_CLIENT, error, span_attributes, log_fields),
+            provider=provider,
+            error=error,
+            price=price,
+            cost_source=source,
+            base=base,
+            business=business,
+            duration=_key(duration),
+            tokens_in=_key({**base, "gen_ai.token.type": "input"}),
+            tokens_out=_key({**base, "gen_ai.token.type": "output"}),
+            tenant=_key(tenant),
+            message_user=_key({"role": "user", "gen_ai.request.model": model}),
+            message_assistant=_key({"role": "assistant", "gen_ai.request.model": model}),
+            per_event=tuple(per_event),
+            tokens=_sum(m.lab_tokens, {"business_id": business, "model": model}),
+            lab_cost=_sum(m.lab_cost, tenant),
+            unpriced=_sum(m.unpriced, {"gen_ai.request.model": model}),
+        )
+
+    def _prediction_plan(self, e: Prediction) -> _PredictionPlan:
+        key = (e.model, e.model_version, e.result, e.success, e.error_type, e.business_id)
+        plan = self._prediction_plans.get(key)
+        if plan is None:
+            m, label = self._m, self._label
+            error = _error(e)
+            model = label("model", e.model)
+            ids = {"model_name": model, "model_version": label("model_version", e.model_version)}
+            result = {
+                **ids,
+                "prediction_result": label("prediction_result", e.result or "none"),
+                "status": "success" if error is None else "error",
+            }
+            span_attributes = {
+                "ml.model.name": e.model,
+                "ml.model.version": e.model_version,
+                "ml.prediction.result": e.result,
+                "error.type": error,
+                "app.business_id": e.business_id,
+            }
+            log_fields = {
+                "model": e.model,
+                "model_version": e.model_version,
+                "result": e.result,
+                "success": e.success,
+                "error_type": error,
+                "business_id": e.business_id,
+            }
+            emit = self._new_emit(
+                e, f"predict {e.model}", _otlp.KIND_INTERNAL, error, span_attributes, log_fields
+            )
+            per_event = (_sum(m.predictions, result), _sum(m.processed, {"kind": "prediction"}))
+            plan = _PredictionPlan(emit, error, model, _key(ids), per_event)
+            plan = self._cache(self._prediction_plans, key, plan)
+        return plan
+
+    def _feedback_plan(self, e: Feedback) -> _FeedbackPlan:
+        key = (e.model, e.model_version, e.correct, e.source, e.business_id)
+        plan = self._feedback_plans.get(key)
+        if plan is None:
+            m, label = self._m, self._label
+            counts = {
+                "model_name": label("model", e.model),
+                "model_version": label("model_version", e.model_version),
+                "correct": "true" if e.correct else "false",
+            }
+            span_attributes = {
+                "ml.model.name": e.model,
+                "ml.model.version": e.model_version,
+                "ml.feedback.correct": e.correct,
+                "ml.feedback.source": e.source,
+                "app.business_id": e.business_id,
+            }
+            log_fields = {
+                "model": e.model,
+                "model_version": e.model_version,
+                "correct": e.correct,
+                "source": e.source,
+                "business_id": e.business_id,
+            }
+            emit = self._new_emit(
+                e, f"feedback {e.model}", _otlp.KIND_INTERNAL, None, span_attributes, log_fields
+            )
+            per_event = (_sum(m.feedback, counts), _sum(m.processed, {"kind": "feedback"}))
+            plan = self._cache(self._feedback_plans, key, _FeedbackPlan(emit, per_event))
+        return plan
+
+    @staticmethod
+    def _new_emit(
+        event: Event, name: str, kind: int, error: str | None, span_attributes: Attrs, log_fields: Attrs
+    ) -> _Emit:
+        kind_name = str(type(event).__struct_config__.tag)
+        log_attributes = {"kind": kind_name, "business_id": event.business_id}
+        severity = _otlp.SEVERITY_ERROR if error else _otlp.SEVERITY_INFO
+        return _Emit(
+            kind=kind_name,
+            level="error" if error else "info",
+            span_head=_otlp.span_head(name, kind),
+            span_attributes=_otlp.span_attributes(span_attributes),
+            span_status=_otlp.span_status(error),
+            log_head=_otlp.log_head(severity, f"otel_service.{kind_name}", log_attributes),
+            log_fields=_compact(log_fields),
+        )
+
+    # -- per event -----------------------------------------------------------------------------
+
+    def _llm(self, env: Envelope, e: LlmCall, sums: _Sums | None, out: Recorded | None) -> None:
+        plan = self._llm_plan(e)
         total = e.total_tokens
         if total is None and (e.input_tokens is not None or e.output_tokens is not None):
             total = (e.input_tokens or 0) + (e.output_tokens or 0)
-        cost = self._prices.cost(
-            e.model,
+        cost = cost_of(
+            plan.price,
             reported=e.cost_usd,
             input_tokens=e.input_tokens,
             output_tokens=e.output_tokens,
             cached_input_tokens=e.cached_input_tokens,
             reasoning_tokens=e.reasoning_tokens,
         )
-        provider = e.provider or infer_provider(e.model, self._default_provider)
-        return _Call(provider, _error(e), total, cost)
+        cost_usd = None if plan.cost_source == "unpriced" else cost.total
+        if sums is not None:
+            self._llm_metrics(env, e, plan, total, cost.by_type, cost_usd, sums)
+        if out is not None:
+            span_attributes = {
+                "gen_ai.usage.input_tokens": e.input_tokens,
+                "gen_ai.usage.output_tokens": e.output_tokens,
+                "gen_ai.usage.cache_read.input_tokens": e.cached_input_tokens,
+                "gen_ai.usage.reasoning.output_tokens": e.reasoning_tokens,
+                "gen_ai.conversation.id": e.conversation_id,
+                "session.id": e.session_id,
+                "user.id": e.user_id,
+                "app.total_tokens": total,
+                "app.cost_usd": cost_usd,
+            }
+            log_fields = (
+                ("duration_ms", e.duration_ms),
+                ("input_tokens", e.input_tokens),
+                ("output_tokens", e.output_tokens),
+                ("cached_input_tokens", e.cached_input_tokens),
+                ("reasoning_tokens", e.reasoning_tokens),
+                ("total_tokens", total),
+                ("cost_usd", cost_usd),
+                ("conversation_id", e.conversation_id),
+                ("session_id", e.session_id),
+                ("user_id", e.user_id),
+                ("user_message_length", e.user_message_length),
+                ("response_length", e.response_length),
+            )
+            self._emit(env, plan.emit, e.duration_ms, span_attributes, log_fields, out)
 
-    # -- metrics -------------------------------------------------------------------------------
-
-    def _llm_metrics(self, env: Envelope, e: LlmCall, call: _Call, sums: _Sums) -> None:
-        m, g = self._m, self._g
-        model = g["model"](e.model)
-        business = g["business_id"](e.business_id or "unknown")
+    def _llm_metrics(
+        self,
+        env: Envelope,
+        e: LlmCall,
+        plan: _LlmPlan,
+        total: int | None,
+        cost_by_type: tuple[tuple[str, float], ...],
+        cost_usd: float | None,
+        sums: _Sums,
+    ) -> None:
+        m = self._m
         seconds = e.duration_ms / 1000.0
-        base = {
-            "gen_ai.operation.name": e.operation,
-            "gen_ai.provider.name": g["provider"](call.provider),
-            "gen_ai.request.model": model,
-        }
-        duration_attrs = base if call.error is None else {**base, "error.type": g["error_type"](call.error)}
-        m.operation_duration.record(seconds, duration_attrs, env.trace_id, env.span_id)
+        m.operation_duration.record_key(plan.duration, seconds, env.trace_id, env.span_id)
+        m.lab_response_time.record_key(plan.tenant, seconds, env.trace_id, env.span_id)
         if e.input_tokens is not None:
-            m.token_usage.record(e.input_tokens, {**base, "gen_ai.token.type": "input"})
+            m.token_usage.record_key(plan.tokens_in, e.input_tokens)
         if e.output_tokens is not None:
-            m.token_usage.record(e.output_tokens, {**base, "gen_ai.token.type": "output"})
-
-        tenant = {"business_id": business}
-        intent = g["intent"](e.intent or "unknown")
-        response_type = g["response_type"](e.response_type or "unknown")
-        sums.add(
-            m.lab_requests,
-            {"business_id": business, "intent": intent, "response_type": response_type},
-            1,
-        )
-        m.lab_response_time.record(seconds, tenant, env.trace_id, env.span_id)
-        if call.total_tokens:
-            sums.add(m.lab_tokens, {"business_id": business, "model": model}, call.total_tokens)
-        cost = call.cost
-        if cost.source == "unpriced":
-            sums.add(m.unpriced, {"gen_ai.request.model": model}, 1)
-        else:
-            for token_type, usd in cost.by_type:
-                sums.add(
-                    m.cost,
-                    {
-                        **base,
-                        "gen_ai.token.type": token_type,
-                        "cost.source": cost.source,
-                        "business_id": business,
-                    },
-                    usd,
-                )
-            sums.add(m.lab_cost, tenant, cost.total)
-        if e.appointment_requested:
-            sums.add(m.lab_appointments, tenant, 1)
-            sums.add(m.outcomes, {**tenant, "outcome": "appointment_requested"}, 1)
-        if e.appointment_booked:
-            sums.add(m.outcomes, {**tenant, "outcome": "appointment_booked"}, 1)
-        if e.human_handoff:
-            sums.add(m.lab_handoffs, tenant, 1)
-            sums.add(m.outcomes, {**tenant, "outcome": "human_handoff"}, 1)
+            m.token_usage.record_key(plan.tokens_out, e.output_tokens)
         if e.user_message_length is not None:
-            m.message_length.record(e.user_message_length, {"role": "user", "gen_ai.request.model": model})
+            m.message_length.record_key(plan.message_user, e.user_message_length)
         if e.response_length is not None:
-            m.message_length.record(e.response_length, {"role": "assistant", "gen_ai.request.model": model})
-        sums.add(m.processed, {"kind": "llm_call"}, 1)
+            m.message_length.record_key(plan.message_assistant, e.response_length)
+        for entry in plan.per_event:
+            sums.add(entry, 1)
+        if total:
+            sums.add(plan.tokens, total)
+        if cost_usd is None:
+            sums.add(plan.unpriced, 1)
+            return
+        for token_type, usd in cost_by_type:
+            cost = plan.cost_by_type.get(token_type)
+            if cost is None:
+                attrs = {
+                    **plan.base,
+                    "gen_ai.token.type": token_type,
+                    "cost.source": plan.cost_source,
+                    "business_id": plan.business,
+                }
+                cost = plan.cost_by_type[token_type] = _sum(m.cost, attrs)
+            sums.add(cost, usd)
+        sums.add(plan.lab_cost, cost_usd)
 
-    def _prediction_metrics(self, env: Envelope, e: Prediction, sums: _Sums) -> None:
-        m, g = self._m, self._g
-        error = _error(e)
-        model = g["model"](e.model)
-        ids = {"model_name": model, "model_version": g["model_version"](e.model_version)}
-        sums.add(
-            m.predictions,
-            {
-                **ids,
-                "prediction_result": g["prediction_result"](e.result or "none"),
-                "status": "success" if error is None else "error",
-            },
-            1,
-        )
-        m.prediction_duration.record(e.duration_ms / 1000.0, ids, env.trace_id, env.span_id)
+    def _prediction_metrics(self, env: Envelope, e: Prediction, plan: _PredictionPlan, sums: _Sums) -> None:
+        m = self._m
+        for entry in plan.per_event:
+            sums.add(entry, 1)
+        m.prediction_duration.record_key(plan.ids, e.duration_ms / 1000.0, env.trace_id, env.span_id)
         if e.confidence is not None:
-            m.prediction_confidence.record(e.confidence, ids)
+            m.prediction_confidence.record_key(plan.ids, e.confidence)
         if e.features:
-            self.drift.observe(model, e.features)
-        sums.add(m.processed, {"kind": "prediction"}, 1)
+            self.drift.observe(plan.model, e.features)
 
-    def _feedback_metrics(self, e: Feedback, sums: _Sums) -> None:
-        m, g = self._m, self._g
-        sums.add(
-            m.feedback,
-            {
-                "model_name": g["model"](e.model),
-                "model_version": g["model_version"](e.model_version),
-                "correct": "true" if e.correct else "false",
-            },
-            1,
-        )
-        sums.add(m.processed, {"kind": "feedback"}, 1)
-
-    # -- spans and logs ------------------------------------------------------------------------
-
-    def _llm_emit(self, env: Envelope, e: LlmCall, call: _Call, out: Recorded) -> None:
-        cost_usd = call.cost.total if call.cost.source != "unpriced" else None
-        fields: Attrs = {
-            "operation": e.operation,
-            "model": e.model,
-            "provider": call.provider,
-            "response_model": e.response_model,
-            "duration_ms": e.duration_ms,
-            "input_tokens": e.input_tokens,
-            "output_tokens": e.output_tokens,
-            "cached_input_tokens": e.cached_input_tokens,
-            "reasoning_tokens": e.reasoning_tokens,
-            "total_tokens": call.total_tokens,
-            "cost_usd": cost_usd,
-            "cost_source": call.cost.source,
-            "success": e.success,
-            "error_type": call.error,
-            "business_id": e.business_id,
-            "conversation_id": e.conversation_id,
-            "session_id": e.session_id,
-            "user_id": e.user_id,
-            "intent": e.intent,
-            "response_type": e.response_type,
-            "appointment_requested": e.appointment_requested or None,
-            "appointment_booked": e.appointment_booked or None,
-            "human_handoff": e.human_handoff or None,
-            "user_message_length": e.user_message_length,
-            "response_length": e.response_length,
-        }
-        span_attrs: Attrs = {
-            "gen_ai.operation.name": e.operation,
-            "gen_ai.provider.name": call.provider,
-            "gen_ai.request.model": e.model,
-            "gen_ai.response.model": e.response_model,
-            "gen_ai.usage.input_tokens": e.input_tokens,
-            "gen_ai.usage.output_tokens": e.output_tokens,
-            "gen_ai.usage.cache_read.input_tokens": e.cached_input_tokens,
-            "gen_ai.usage.reasoning.output_tokens": e.reasoning_tokens,
-            "gen_ai.conversation.id": e.conversation_id,
-            "session.id": e.session_id,
-            "user.id": e.user_id,
-            "error.type": call.error,
-            "app.business_id": e.business_id,
-            "app.intent": e.intent,
-            "app.response_type": e.response_type,
-            "app.total_tokens": call.total_tokens,
-            "app.cost_usd": cost_usd,
-            "app.cost_source": call.cost.source,
-            "app.appointment_requested": e.appointment_requested,
-            "app.appointment_booked": e.appointment_booked,
-            "app.human_handoff": e.human_handoff,
-        }
-        name = f"{e.operation} {e.model}"
-        self._emit(env, name, _otlp.KIND_CLIENT, e.duration_ms, call.error, span_attrs, fields, out)
-
-    def _prediction_emit(self, env: Envelope, e: Prediction, out: Recorded) -> None:
-        error = _error(e)
-        fields: Attrs = {
-            "model": e.model,
-            "model_version": e.model_version,
-            "duration_ms": e.duration_ms,
-            "result": e.result,
-            "confidence": e.confidence,
-            "success": e.success,
-            "error_type": error,
-            "prediction_id": e.prediction_id,
-            "business_id": e.business_id,
-            "features": e.features or None,
-        }
-        span_attrs: Attrs = {
-            "ml.model.name": e.model,
-            "ml.model.version": e.model_version,
-            "ml.prediction.result": e.result,
+    def _prediction_emit(self, env: Envelope, e: Prediction, plan: _PredictionPlan, out: Recorded) -> None:
+        span_attributes = {
             "ml.prediction.confidence": e.confidence,
             "ml.prediction.id": e.prediction_id,
-            "error.type": error,
-            "app.business_id": e.business_id,
         }
-        name = f"predict {e.model}"
-        self._emit(env, name, _otlp.KIND_INTERNAL, e.duration_ms, error, span_attrs, fields, out)
-
-    def _feedback_emit(self, env: Envelope, e: Feedback, out: Recorded) -> None:
-        fields: Attrs = {
-            "model": e.model,
-            "model_version": e.model_version,
-            "correct": e.correct,
-            "prediction_id": e.prediction_id,
-            "source": e.source,
-            "business_id": e.business_id,
-        }
-        span_attrs: Attrs = {
-            "ml.model.name": e.model,
-            "ml.model.version": e.model_version,
-            "ml.feedback.correct": e.correct,
-            "ml.prediction.id": e.prediction_id,
-            "ml.feedback.source": e.source,
-            "app.business_id": e.business_id,
-        }
-        name = f"feedback {e.model}"
-        self._emit(env, name, _otlp.KIND_INTERNAL, 0.0, None, span_attrs, fields, out)
+        log_fields = (
+            ("duration_ms", e.duration_ms),
+            ("confidence", e.confidence),
+            ("prediction_id", e.prediction_id),
+            ("features", e.features or None),
+        )
+        self._emit(env, plan.emit, e.duration_ms, span_attributes, log_fields, out)
 
     def _emit(
         self,
         env: Envelope,
-        name: str,
-        kind: int,
+        plan: _Emit,
         duration_ms: float,
-        error: str | None,
-        span_attrs: Attrs,
-        fields: Attrs,
+        span_attributes: Attrs,
+        log_fields: Sequence[tuple[str, Any]],
         out: Recorded,
     ) -> None:
         event: Event = env.event
-        kind_name = str(type(event).__struct_config__.tag)
-        span_attrs["correlation_id"] = env.correlation_id
+        span_attributes["correlation_id"] = env.correlation_id
         for key, value in event.attributes.items():
-            span_attrs[f"app.{key}"] = value
+            span_attributes[f"app.{key}"] = value
         out.spans.append(
             _otlp.span(
                 trace_id=env.trace_id,
                 span_id=env.span_id,
                 parent_span_id=env.parent_span_id,
-                name=name,
-                kind=kind,
+                head=plan.span_head,
                 start_ns=env.end_ns - int(duration_ms * 1e6),
                 end_ns=env.end_ns,
-                attributes=span_attrs,
-                error=error,
+                attributes=span_attributes,
+                encoded_attributes=plan.span_attributes,
+                status=plan.span_status,
             )
         )
         record: Attrs = {
-            "timestamp": _iso(env.end_ns),
+            "timestamp": self._timestamp(env.end_ns),
             "service": self._service,
-            "kind": kind_name,
+            "kind": plan.kind,
             "trace_id": env.trace_id,
             "span_id": env.span_id,
             "correlation_id": env.correlation_id,
+            **plan.log_fields,
         }
-        record.update((k, v) for k, v in fields.items() if v is not None)
+        for key, value in log_fields:
+            if value is not None:
+                record[key] = value
         if event.attributes:
             record["attributes"] = event.attributes
-        line = self._logger.log("error" if error else "info", kind_name, record)
-        log_attrs: Attrs = {"correlation_id": env.correlation_id, "kind": kind_name}
-        if event.business_id is not None:
-            log_attrs["business_id"] = event.business_id
+        line = self._logger.log(plan.level, plan.kind, record)
         out.logs.append(
             _otlp.log_record(
                 trace_id=env.trace_id,
                 span_id=env.span_id,
                 time_ns=env.end_ns,
                 observed_ns=env.received_ns,
-                severity=_otlp.SEVERITY_ERROR if error else _otlp.SEVERITY_INFO,
+                head=plan.log_head,
                 body=line,
-                event_name=f"otel_service.{kind_name}",
-                attributes=log_attrs,
+                attributes={"correlation_id": env.correlation_id},
             )
         )

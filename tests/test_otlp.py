@@ -20,6 +20,9 @@ ATTRS = {
     "i": 42,
     "neg": -7,
     "big": 2**62,
+    "two_bytes": 420,
+    "three_bytes": 300_000,
+    "k" * 130: 5,
     "d": 0.25,
     "skipped": None,
 }
@@ -32,6 +35,9 @@ EXPECTED_ATTRS = [
     KeyValue(key="i", value=AnyValue(int_value=42)),
     KeyValue(key="neg", value=AnyValue(int_value=-7)),
     KeyValue(key="big", value=AnyValue(int_value=2**62)),
+    KeyValue(key="two_bytes", value=AnyValue(int_value=420)),
+    KeyValue(key="three_bytes", value=AnyValue(int_value=300_000)),
+    KeyValue(key="k" * 130, value=AnyValue(int_value=5)),
     KeyValue(key="d", value=AnyValue(double_value=0.25)),
 ]
 
@@ -46,23 +52,22 @@ def test_traces_request_decodes_to_the_expected_message() -> None:
                 trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
                 span_id="00f067aa0ba902b7",
                 parent_span_id="1111111111111111",
-                name="chat gpt-4o",
-                kind=_otlp.KIND_CLIENT,
+                head=_otlp.span_head("chat gpt-4o", _otlp.KIND_CLIENT),
                 start_ns=1_700_000_000_000_000_000,
                 end_ns=1_700_000_001_500_000_000,
-                attributes=ATTRS,
-                error="timeout",
+                encoded_attributes=_otlp.span_attributes(dict(list(ATTRS.items())[:4])),
+                attributes=dict(list(ATTRS.items())[4:]),
+                status=_otlp.span_status("timeout"),
             ),
             _otlp.span(
                 trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
                 span_id="2222222222222222",
                 parent_span_id=None,
-                name="predict churn",
-                kind=_otlp.KIND_INTERNAL,
+                head=_otlp.span_head("predict churn", _otlp.KIND_INTERNAL),
                 start_ns=1,
                 end_ns=2,
                 attributes={},
-                error=None,
+                status=_otlp.span_status(None),
             ),
         ],
     )
@@ -118,9 +123,8 @@ def test_logs_request_decodes_to_the_expected_message() -> None:
                 span_id="00f067aa0ba902b7",
                 time_ns=10,
                 observed_ns=20,
-                severity=_otlp.SEVERITY_ERROR,
+                head=_otlp.log_head(_otlp.SEVERITY_ERROR, "otel_service.llm_call", {"kind": "llm_call"}),
                 body=body.encode(),
-                event_name="otel_service.llm_call",
                 attributes={"correlation_id": "c-1"},
             )
         ],
@@ -140,7 +144,8 @@ def test_logs_request_decodes_to_the_expected_message() -> None:
                                 severity_text="ERROR",
                                 body=AnyValue(string_value=body),
                                 attributes=[
-                                    KeyValue(key="correlation_id", value=AnyValue(string_value="c-1"))
+                                    KeyValue(key="kind", value=AnyValue(string_value="llm_call")),
+                                    KeyValue(key="correlation_id", value=AnyValue(string_value="c-1")),
                                 ],
                                 flags=1,
                                 trace_id=bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736"),
@@ -160,8 +165,8 @@ def test_large_batches_encode_lengths_beyond_one_byte() -> None:
     """Requests over 2 MB (multi-byte varint lengths) still decode with every span."""
     spans = [
         _otlp.span(
-            trace_id=f"{i:032x}", span_id=f"{i + 1:016x}", parent_span_id=None, name="n" * 100,
-            kind=1, start_ns=i, end_ns=i + 1, attributes={"a": "v" * 1000}, error=None,
+            trace_id=f"{i:032x}", span_id=f"{i + 1:016x}", parent_span_id=None,
+            head=_otlp.span_head("n" * 100, 1), start_ns=i, end_ns=i + 1, attributes={"a": "v" * 1000},
         )
         for i in range(2000)
     ]  # fmt: skip
