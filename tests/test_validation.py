@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from otel_service import Feedback, InvalidEvent, LabTrack, LlmCall, Prediction
+from otel_service import Feedback, InvalidEvent, LabTrack, LlmCall, Prediction, _validation
 from otel_service._validation import Limits, ParsedItem, parse_batch, parse_track
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
@@ -844,3 +844,91 @@ def test_feedback_native_structure() -> None:
         0,
         event=Feedback(model="churn", model_version="v2", correct=True, prediction_id="p-1", source="human"),
     )
+
+
+# -- the fast route agrees with the reference route -------------------------------------------------
+
+_ROUTE_BODIES = [
+    _dumps(LLM),
+    _dumps([LLM, PREDICTION, FEEDBACK]),
+    json.dumps(LLM, indent=2).encode(),  # whitespace around colons
+    _dumps({**LLM, "conversation_id": "caf\u00e9 \u2028 ok"}),  # non-ASCII, raw
+    json.dumps({**LLM, "conversation_id": "caf\u00e9"}).encode(),  # \u escapes: reference route
+    _dumps({**LLM, "attributes": {"s": "x", "n": 1, "f": 0.5, "b": True}}),
+    b"{" + _LLM_RAW + b',"model":"n"}',  # duplicate key, string value
+    b"{" + _LLM_RAW + b',"duration_ms":2}',  # duplicate key, number value
+    b'{"kind":"llm_call","model":"m","duration_ms":1,"attributes":{"a":"x","a":"y"}}',
+    b'{"kind":"llm_call","model":"m","duration_ms":1, "intent" : "a", "intent" : "b"}',
+    b'[{"kind":"llm_call","model":"m","duration_ms":1},{"kind":"llm_call","model":"m","duration_ms":1}]',
+    _dumps({**LLM, "user_id": "a\x7fb"}),  # DEL, raw
+    _dumps({**LLM, "user_id": "a\nb"}),  # escaped control character
+    _dumps([LLM, {**LLM, "input_tokens": True}]),  # one bad item: per-item answers
+    _dumps({**LLM, "input_tokens": INT64_MAX + 1}),
+    b"{" + _LLM_RAW + b',"cost_usd":1e999}',
+    b"\xef\xbb\xbf" + _dumps(LLM),  # BOM
+    b" \t\r\n" + _dumps(LLM) + b" \n",
+    _dumps(["not an event"]),
+    _dumps({**LLM, "kind": "nope"}),
+    b'"just a string"',
+]
+
+
+def _answers(items: list[ParsedItem]) -> list[tuple[int, Any, Any]]:
+    return [
+        (item.index, item.event, item.error and (item.error.field, item.error.reason, item.error.message))
+        for item in items
+    ]
+
+
+def _both_routes(monkeypatch: pytest.MonkeyPatch, parse: Any) -> tuple[Any, Any]:
+    def run() -> Any:
+        try:
+            return parse()
+        except InvalidEvent as exc:
+            return (exc.field, exc.reason, exc.message)
+
+    fast = run()
+    with monkeypatch.context() as patch:
+        patch.setattr(_validation, "_fast_decode", lambda raw: None)
+        reference = run()
+    return fast, reference
+
+
+@pytest.mark.parametrize("body", _ROUTE_BODIES)
+@pytest.mark.parametrize("ndjson", [False, True])
+def test_fast_route_gives_the_reference_answer(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, ndjson: bool
+) -> None:
+    """Every body gets the same events and the same errors whichever route parses it."""
+    fast, reference = _both_routes(
+        monkeypatch, lambda: _answers(parse_batch(body, ndjson=ndjson, now=NOW, limits=LIMITS))
+    )
+    assert fast == reference
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _dumps(LAB),
+        b'{"business_id":"a","response_time_ms":1,"tokens_used":1,"tokens_used":2}',
+        _dumps({**LAB, "business_id": "a\x7f"}),
+        json.dumps({**LAB, "intent_detected": "caf\u00e9"}).encode(),
+        _dumps({**LAB, "tokens_used": -1}),
+    ],
+)
+def test_fast_route_gives_the_reference_answer_for_track(
+    monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    """/track too: the same event or the same error whichever route parses the body."""
+    fast, reference = _both_routes(monkeypatch, lambda: parse_track(body, NOW, LIMITS))
+    assert fast == reference
+
+
+def test_fast_route_takes_compact_valid_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common body (compact, valid, no escapes) is decoded by the fast route, not the reference."""
+    monkeypatch.setattr(_validation, "_decode", None)  # the reference decoder would fail if called
+    [item] = parse_batch(_dumps({**LLM, "attributes": {"k": "v"}}), ndjson=False, now=NOW, limits=LIMITS)
+    assert item.event is not None
+    items = parse_batch(_dumps(LLM) + b"\n" + _dumps(FEEDBACK), ndjson=True, now=NOW, limits=LIMITS)
+    assert [type(item.event) for item in items] == [LlmCall, Feedback]
+    assert isinstance(parse_track(_dumps(LAB), NOW, LIMITS), LlmCall)
