@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 from dataclasses import dataclass
 
@@ -60,12 +61,19 @@ def resolve_correlation_id(
     return fallback
 
 
+#: IDs come from a PRNG seeded from the OS, like the OpenTelemetry SDK's ``RandomIdGenerator``: unique
+#: and unpredictable enough for tracing, without a system call per ID.
+_random = random.Random(os.urandom(32))  # noqa: S311 -- trace IDs are not secrets
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
 def new_trace_id() -> str:
     """A random, non-zero 128-bit trace ID as hex."""
-    return os.urandom(16).hex()
+    value = _random.getrandbits(128)
+    return f"{value:032x}" if value else new_trace_id()
 
 
 def new_span_id() -> str:
     """A random, non-zero 64-bit span ID as hex."""
-    value = os.urandom(8).hex()
-    return value if value != _ZERO_SPAN else new_span_id()
+    value = _random.getrandbits(64)
+    return f"{value:016x}" if value else new_span_id()

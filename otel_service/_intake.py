@@ -9,24 +9,28 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 
 from ._correlation import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
 from ._errors import Unavailable
-from ._events import Event
+from ._events import EVENT_TYPES, Event
 from ._records import Envelope, decode_envelope, encode_envelope
 from ._spool import SpoolWriter, first_pending, stats
-from ._validation import Limits, event_time
+from ._validation import Limits
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 
 _STAT_TTL = 0.25
 _ENDPOINTS = {"track": "/track", "events": "/v1/events"}
+_KIND: dict[type[Event], str] = {t: str(t.__struct_config__.tag) for t in EVENT_TYPES}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Accepted:
+    """An event the service now owns: its index in the request and the IDs it was given."""
+
     index: int
     correlation_id: str
     trace_id: str
@@ -133,19 +137,22 @@ class Intake:
         request_trace = new_trace_id() if parent is None else parent.trace_id
         accepted: list[Accepted] = []
         payloads: list[bytes] = []
+        received = self.stats.received
+        endpoint = _ENDPOINTS[source]
         for index, event in items:
             if event.trace_id is not None and event.span_id is not None:
                 trace_id, parent_span = event.trace_id, event.span_id
+                own_parent: TraceContext | None = TraceContext(trace_id, parent_span)
             elif parent is not None:
-                trace_id, parent_span = parent.trace_id, parent.span_id
+                trace_id, parent_span, own_parent = parent.trace_id, parent.span_id, parent
             else:
-                trace_id, parent_span = request_trace, None
+                trace_id, parent_span, own_parent = request_trace, None, None
             span_id = new_span_id()
-            own_parent = TraceContext(trace_id, parent_span) if parent_span is not None else parent
             correlation_id = resolve_correlation_id(
                 event.correlation_id, header_correlation_id, own_parent, trace_id
             )
-            end_ns = int(event_time(event, now, self._limits, "$") * 1e9)
+            stamp = event.timestamp  # checked by the parser (event_time)
+            seconds = now if stamp is None else stamp.timestamp() if isinstance(stamp, datetime) else stamp
             payloads.append(
                 encode_envelope(
                     Envelope(
@@ -154,7 +161,7 @@ class Intake:
                         span_id=span_id,
                         parent_span_id=parent_span,
                         correlation_id=correlation_id,
-                        end_ns=end_ns,
+                        end_ns=int(seconds * 1e9),
                         received_ns=received_ns,
                         source=source,
                     )
@@ -170,7 +177,6 @@ class Intake:
                     reason="spool_unwritable",
                     retry_after=10,
                 ) from None
-            endpoint = _ENDPOINTS[source]
             for _, event in items:
-                self.stats.received[(endpoint, str(type(event).__struct_config__.tag))] += 1
+                received[endpoint, _KIND[type(event)]] += 1
         return accepted

@@ -44,7 +44,7 @@ class Limits:
     max_future_seconds: float = 300.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParsedItem:
     """One item of a batch: its index and either the event or why it was refused."""
 

@@ -81,16 +81,19 @@ async def _body(request: web.Request, allowed: frozenset[str], service: Service)
     limit = service.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$")
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = request.headers.get("Content-Encoding")
+    encoding = "identity" if encoding is None else encoding.strip().lower()
     if encoding not in _DECODERS:
         raise UnsupportedMediaType(
             f"Content-Encoding must be one of {sorted(_DECODERS)}, got {encoding!r}",
             field="Content-Encoding",
         )
     try:
-        if request.content.is_eof():  # the usual small body arrived with the headers
-            raw = await request.read()  # bounded by the app's client_max_size
-        else:
+        if request.content.is_eof():  # the usual small body arrived with the headers: take it
+            raw = request.content.read_nowait()
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$")
+        else:  # bounded by the app's client_max_size
             async with asyncio.timeout(_BODY_DEADLINE):
                 raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -102,7 +105,7 @@ async def _body(request: web.Request, allowed: frozenset[str], service: Service)
     body = _decompress(raw, encoding, limit)
     if not body:
         raise InvalidEvent("empty body", field="$", reason="empty_body")
-    return bytes(body)
+    return body
 
 
 def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:

@@ -7,6 +7,7 @@ import gzip
 import json
 import time
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -416,6 +417,27 @@ async def test_bad_input_gets_a_4xx_naming_the_field(
     assert 'otel_service_events_rejected_total{endpoint="/track"' in metrics_text
     assert f'reason="{error}"' in metrics_text
     ok = await app.client.post("/track", json={"business_id": "b", "response_time_ms": 1, "tokens_used": 1})
+    assert ok.status == 202
+
+
+@pytest.mark.parametrize("chunks", [1, 40])
+async def test_chunked_body_over_the_limit_is_413(start_app: StartApp, chunks: int) -> None:
+    """A body without Content-Length beyond the limit is refused, whether it arrived whole or in parts."""
+    app = await start_app(OTELSVC_MAX_BODY_BYTES="2048")
+    event = {"kind": "llm_call", "model": "m", "duration_ms": 1}
+    body = json.dumps({**event, "conversation_id": "c" * 200}).encode()
+    body = b"[" + b",".join([body] * 20) + b"]"
+    size = -(-len(body) // chunks)
+
+    async def parts() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+            await asyncio.sleep(0)
+
+    response = await app.client.post("/v1/events", data=parts(), headers={"Content-Type": "application/json"})
+    assert response.status == 413
+    assert (await response.json())["error"] == "payload_too_large"
+    ok = await app.client.post("/v1/events", json=event)
     assert ok.status == 202
 
 
