@@ -229,19 +229,19 @@ class SpoolWriter:
 
     def append(self, payloads: Iterable[bytes]) -> int:
         """Append records in one write; returns the bytes written. Raises ``OSError`` on failure."""
-        buffer = bytearray()
-        for payload in payloads:
-            buffer += _HEADER.pack(len(payload), zlib.crc32(payload))
-            buffer += payload
-        if self._written and self._written + len(buffer) > self._segment_bytes:
+        pack, crc32 = _HEADER.pack, zlib.crc32
+        buffer = b"".join([part for p in payloads for part in (pack(len(p), crc32(p)), p)])
+        size = len(buffer)
+        if self._written and self._written + size > self._segment_bytes:
             self._rotate()
-        view = memoryview(buffer)
-        while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
-        self._written += len(buffer)
+        done = os.write(self._fd, buffer)
+        if done < size:  # short write (signal, full disk): finish it or raise
+            view = memoryview(buffer)[done:]
+            while view:
+                view = view[os.write(self._fd, view) :]
+        self._written += size
         self._dirty = True
-        return len(buffer)
+        return size
 
     def sync(self) -> None:
         """Flush written records to stable storage. Thread-safe: the ``always`` policy's group

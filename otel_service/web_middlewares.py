@@ -66,9 +66,11 @@ def create_middlewares(
     duration_keys: dict[tuple[str, str, int], tuple[tuple[str, Any], ...]] = {}
     origins = frozenset(cors_origins)
 
-    def guard(request: web.Request) -> None:
+    guarded = token is not None or limiter is not None
+
+    def guard(request: web.Request, path: str) -> None:
         """Bearer auth (constant-time compare) and per-client rate limits, except on probes."""
-        if request.path in _OPEN_PATHS:
+        if path in _OPEN_PATHS:
             return
         if token is not None:
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -91,7 +93,8 @@ def create_middlewares(
         origin = request.headers.get("Origin")
         allowed = origin is not None and origin in origins
         try:
-            guard(request)
+            if guarded:
+                guard(request, path)
             if request.method == "OPTIONS" and allowed:
                 response: web.StreamResponse = web.Response(status=204)
             else:
