@@ -2,10 +2,11 @@
 
 Most of an event's telemetry depends only on its low-cardinality fields (kind, model, operation,
 provider, tenant, intent, outcome flags, success): metric attribute sets, the span's name and constant
-attributes, the log record's severity and constant attributes. A ``_Plan`` holds that part, built and
-encoded once per distinct combination and cached (bounded), so each event only adds what is its own:
-values, IDs and times. Plans whose labels hit a cardinality cap are not cached, so every such event is
-counted as an overflow.
+attributes, the log record's severity and constant attributes. A plan (``_LlmPlan``,
+``_PredictionPlan``, ``_FeedbackPlan``) holds that part, built and encoded once per distinct
+combination and cached (bounded), so each event only adds what is its own: values, IDs and times.
+Plans whose labels hit a cardinality cap are not cached, so every such event is counted as an
+overflow.
 
 Counters are summed per batch and added once per attribute set; histograms (in-process
 ``FastHistogram`` s) are recorded per event, with the event's span as exemplar on the durations.
@@ -219,7 +220,7 @@ class Recorder:
                     self._prediction_metrics(env, event, plan, sums)
                 if index >= replay:
                     self._prediction_emit(env, event, plan, out)
-            else:
+            else:  # feedback: counters, and a span and log without values of their own
                 feedback = self._feedback_plan(event)
                 if index >= counted:
                     for entry in feedback.per_event:
