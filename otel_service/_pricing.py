@@ -54,26 +54,6 @@ class PriceTable:
                 best = name
         return self.models.get(best) if best else None
 
-    def cost(
-        self,
-        model: str,
-        *,
-        reported: float | None,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        cached_input_tokens: int | None = None,
-        reasoning_tokens: int | None = None,
-    ) -> Cost:
-        """The call's cost: the app's own figure when given, else priced from token counts."""
-        return cost_of(
-            None if reported is not None else self.price(model),
-            reported=reported,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_input_tokens=cached_input_tokens,
-            reasoning_tokens=reasoning_tokens,
-        )
-
 
 def cost_of(
     price: ModelPrice | None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_service._pricing import Cost, ModelPrice, PriceTable, load_price_table
+from otel_service._pricing import Cost, ModelPrice, PriceTable, cost_of, load_price_table
 
 RATES = ModelPrice(input=1.0, output=2.0, cached_input=0.5, reasoning=4.0)  # USD per 1M tokens
 TABLE = PriceTable(
@@ -28,14 +28,14 @@ def _by_type(cost: Cost) -> dict[str, float]:
 
 def test_reported_cost_wins_over_token_pricing() -> None:
     """The app's own figure is used as is, even for a priced model with token counts."""
-    cost = TABLE.cost("rated", reported=0.25, input_tokens=1_000_000, output_tokens=1_000_000)
+    cost = cost_of(TABLE.price("rated"), reported=0.25, input_tokens=1_000_000, output_tokens=1_000_000)
     assert cost == Cost("reported", (("total", 0.25),))
     assert cost.total == 0.25
 
 
 def test_reported_zero_is_still_reported() -> None:
     """A reported 0.0 (a free call) is not mistaken for an absent figure."""
-    assert TABLE.cost("rated", reported=0.0, input_tokens=10, output_tokens=10) == Cost(
+    assert cost_of(TABLE.price("rated"), reported=0.0, input_tokens=10, output_tokens=10) == Cost(
         "reported", (("total", 0.0),)
     )
 
@@ -78,7 +78,7 @@ def test_reported_zero_is_still_reported() -> None:
 )
 def test_computed_cost_by_token_type(tokens: dict[str, int | None], expected: dict[str, float]) -> None:
     """Without a reported cost, each token type is charged at its rate; cached/reasoning are capped."""
-    cost = TABLE.cost("rated", reported=None, **tokens)
+    cost = cost_of(TABLE.price("rated"), reported=None, **tokens)
     assert cost.source == "computed"
     assert _by_type(cost) == pytest.approx(expected)
     assert [kind for kind, _ in cost.by_type] == list(expected)  # no zero-valued parts
@@ -87,8 +87,8 @@ def test_computed_cost_by_token_type(tokens: dict[str, int | None], expected: di
 
 def test_cached_and_reasoning_default_to_input_and_output_rates() -> None:
     """A model without special rates charges cached input as input and reasoning as output."""
-    cost = TABLE.cost(
-        "flat",
+    cost = cost_of(
+        TABLE.price("flat"),
         reported=None,
         input_tokens=1000,
         output_tokens=100,
@@ -140,14 +140,15 @@ def test_model_lookup_matches_dated_variants_by_longest_prefix(
 )
 def test_unknown_model_is_unpriced_never_zero(tokens: dict[str, int | None]) -> None:
     """An unknown model's cost is 'unpriced' (no parts), never a computed 0.0."""
-    cost = TABLE.cost("mystery-model", reported=None, **tokens)
+    cost = cost_of(TABLE.price("mystery-model"), reported=None, **tokens)
     assert cost == Cost("unpriced")
     assert cost.source == "unpriced"
 
 
 def test_known_model_without_token_counts_is_unpriced() -> None:
     """With neither input nor output tokens there is nothing to price."""
-    assert TABLE.cost("rated", reported=None, input_tokens=None, output_tokens=None) == Cost("unpriced")
+    cost = cost_of(TABLE.price("rated"), reported=None, input_tokens=None, output_tokens=None)
+    assert cost == Cost("unpriced")
 
 
 def test_packaged_table_loads_with_a_version_and_sane_prices() -> None:
