@@ -14,9 +14,11 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "KIND_OF",
     "MAX_ATTRIBUTES",
     "MAX_FEATURES",
     "SCHEMA_VERSION",
+    "TYPE_OF_KIND",
     "Event",
     "Feedback",
     "LabTrack",
@@ -188,15 +190,18 @@ class LabTrack(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 Event: TypeAlias = LlmCall | Prediction | Feedback
 
 
-def text_fields(struct: type[msgspec.Struct]) -> tuple[str, ...]:
-    """The fields of ``struct`` typed ``Ident`` or ``Label`` (optional or not): no control characters."""
-    hints = typing.get_type_hints(struct, include_extras=True)
-    text = {Ident, Label, Ident | None, Label | None}
-    return tuple(name for name in struct.__struct_fields__ if hints[name] in text)
-
-
 EVENT_TYPES: tuple[type[LlmCall], type[Prediction], type[Feedback]] = (
     LlmCall,
     Prediction,
     Feedback,
 )
+#: Each event type's ``kind`` tag, and the type of each tag.
+KIND_OF: dict[type[Event], str] = {t: str(t.__struct_config__.tag) for t in EVENT_TYPES}
+TYPE_OF_KIND: dict[str, type[Event]] = {kind: t for t, kind in KIND_OF.items()}
+
+
+def text_fields(struct: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of ``struct`` typed ``Ident`` or ``Label`` (optional or not): no control characters."""
+    hints = typing.get_type_hints(struct, include_extras=True)
+    text = {Ident, Label, Ident | None, Label | None}
+    return tuple(name for name in struct.__struct_fields__ if hints[name] in text)

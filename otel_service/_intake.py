@@ -9,22 +9,20 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import msgspec
 
 from ._correlation import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
 from ._errors import Unavailable
-from ._events import EVENT_TYPES, Event
+from ._events import KIND_OF, Event
 from ._records import Envelope, decode_envelope, encode_envelope
 from ._spool import SpoolWriter, first_pending, stats
-from ._validation import Limits
+from ._validation import event_seconds
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 
 _STAT_TTL = 0.25
 _ENDPOINTS = {"track": "/track", "events": "/v1/events"}
-_KIND: dict[type[Event], str] = {t: str(t.__struct_config__.tag) for t in EVENT_TYPES}
 
 
 @dataclass(slots=True)
@@ -69,7 +67,6 @@ class Intake:
         writer: SpoolWriter,
         *,
         max_spool_bytes: int,
-        limits: Limits,
         max_spool_age: float = 0.0,
         stats_: IntakeStats | None = None,
     ) -> None:
@@ -77,7 +74,6 @@ class Intake:
         self._max_bytes = max_spool_bytes
         self._max_age = max_spool_age
         self._oldest_age = 0.0
-        self._limits = limits
         self.stats = stats_ or IntakeStats()
         self._spool_bytes = 0
         self._checked = 0.0
@@ -151,8 +147,6 @@ class Intake:
             correlation_id = resolve_correlation_id(
                 event.correlation_id, header_correlation_id, own_parent, trace_id
             )
-            stamp = event.timestamp  # checked by the parser (event_time)
-            seconds = now if stamp is None else stamp.timestamp() if isinstance(stamp, datetime) else stamp
             payloads.append(
                 encode_envelope(
                     Envelope(
@@ -161,7 +155,7 @@ class Intake:
                         span_id=span_id,
                         parent_span_id=parent_span,
                         correlation_id=correlation_id,
-                        end_ns=int(seconds * 1e9),
+                        end_ns=int(event_seconds(event, now) * 1e9),  # checked by the parser
                         received_ns=received_ns,
                         source=source,
                     )
@@ -178,5 +172,5 @@ class Intake:
                     retry_after=10,
                 ) from None
             for _, event in items:
-                received[endpoint, _KIND[type(event)]] += 1
+                received[endpoint, KIND_OF[type(event)]] += 1
         return accepted

@@ -25,7 +25,7 @@ from opentelemetry.metrics import Counter
 
 from . import _otlp
 from ._drift import DriftTracker
-from ._events import Event, Feedback, LlmCall, Prediction
+from ._events import KIND_OF, Event, Feedback, LlmCall, Prediction
 from ._instruments import WorkerInstruments
 from ._labels import LabelGuard, infer_provider
 from ._logging import EventLogger
@@ -111,8 +111,6 @@ class _Emit:
 @dataclass(slots=True)
 class _LlmPlan:
     emit: _Emit
-    provider: str
-    error: str | None
     price: ModelPrice | None
     cost_source: str
     base: Attrs
@@ -133,7 +131,6 @@ class _LlmPlan:
 @dataclass(slots=True)
 class _PredictionPlan:
     emit: _Emit
-    error: str | None
     model: str
     ids: Key
     per_event: tuple[_Sum, ...]
@@ -348,8 +345,6 @@ class Recorder:
         name = f"{e.operation} {e.model}"
         return _LlmPlan(
             emit=self._new_emit(e, name, _otlp.KIND_CLIENT, error, span_attributes, log_fields),
-            provider=provider,
-            error=error,
             price=price,
             cost_source=source,
             base=base,
@@ -398,7 +393,7 @@ class Recorder:
                 e, f"predict {e.model}", _otlp.KIND_INTERNAL, error, span_attributes, log_fields
             )
             per_event = (_sum(m.predictions, result), _sum(m.processed, {"kind": "prediction"}))
-            plan = _PredictionPlan(emit, error, model, _key(ids), per_event)
+            plan = _PredictionPlan(emit, model, _key(ids), per_event)
             plan = self._cache(self._prediction_plans, key, plan)
         return plan
 
@@ -437,7 +432,7 @@ class Recorder:
     def _new_emit(
         event: Event, name: str, kind: int, error: str | None, span_attributes: Attrs, log_fields: Attrs
     ) -> _Emit:
-        kind_name = str(type(event).__struct_config__.tag)
+        kind_name = KIND_OF[type(event)]
         log_attributes = {"kind": kind_name, "business_id": event.business_id}
         severity = _otlp.SEVERITY_ERROR if error else _otlp.SEVERITY_INFO
         return _Emit(

@@ -39,7 +39,6 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         writer,
         max_spool_bytes=settings.spool_max_bytes,
         max_spool_age=settings.spool_max_age,
-        limits=settings.limits,
     )
     instruments = IntakeInstruments.create(
         metrics.provider.get_meter("otel_service.intake", __version__),

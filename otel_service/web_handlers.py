@@ -166,11 +166,11 @@ async def events(request: web.Request) -> web.Response:
         limits=service.settings.limits,
     )
     valid = [(item.index, item.event) for item in parsed if item.event is not None]
-    errors = [item for item in parsed if item.error is not None] if len(valid) < len(parsed) else []
+    errors = [item for item in parsed if item.error is not None]
     parent = parse_traceparent(request.headers.get("traceparent"))
     header_cid = _header_correlation(request)
     accepted = service.intake.accept(valid, source="events", header_correlation_id=header_cid, parent=parent)
-    if accepted and service.commit is not None:
+    if accepted:
         await service.durable()
     for item in errors:
         assert item.error is not None

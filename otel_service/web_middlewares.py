@@ -10,7 +10,6 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -27,7 +26,6 @@ __all__ = ["create_middlewares", "json_response"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = logging.getLogger("otel_service")
 _OPEN_PATHS = frozenset({"/health", "/ready"})
-_MAX_DURATION_KEYS = 256
 _CORS_HEADERS = {
     "Vary": "Origin",
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
@@ -61,9 +59,6 @@ def create_middlewares(
     cors_origins: tuple[str, ...],
 ) -> list[Middleware]:
     token = auth_token.encode() if auth_token else None
-    #: Attribute keys of the request-duration histogram per (method, route, status), kept for the
-    #: first few hundred (the histogram caps its series on its own).
-    duration_keys: dict[tuple[str, str, int], tuple[tuple[str, Any], ...]] = {}
     origins = frozenset(cors_origins)
 
     guarded = token is not None or limiter is not None
@@ -120,16 +115,11 @@ def create_middlewares(
             response.headers.update(_CORS_HEADERS)
         if response.status >= 400:
             stats.failed_requests += 1
-        series = (request.method, path, response.status)
-        key = duration_keys.get(series)
-        if key is None:
-            key = (
-                ("http.request.method", series[0]),
-                ("http.route", series[1]),
-                ("http.response.status_code", series[2]),
-            )
-            if len(duration_keys) < _MAX_DURATION_KEYS:
-                duration_keys[series] = key
+        key = (
+            ("http.request.method", request.method),
+            ("http.route", path),
+            ("http.response.status_code", response.status),
+        )
         with histograms.lock:
             instruments.request_duration.record_key(key, time.perf_counter() - started)
         return response
