@@ -81,6 +81,7 @@ def build_worker(
         sender=sender,
         resource=resource_proto(resource),
         batch_size=settings.export_batch_size,
+        linger=settings.export_delay,
         metrics_pushed=settings.otlp_endpoint is not None,
         metrics_lock=metrics.histograms.lock,
     )

@@ -29,9 +29,6 @@ from ._version import __version__
 __all__ = ["ExportStatus", "ExportWorker"]
 
 _POLL_SECONDS = 0.005
-#: After a partial batch, wait this long for more events: fewer, fuller export requests under load
-#: (each costs two round trips and a cursor write), at most this much added latency.
-_LINGER_SECONDS = 0.02
 _BACKOFF_START = 0.25
 _BACKOFF_MAX = 30.0
 
@@ -86,6 +83,7 @@ class ExportWorker:
         sender: Sender | None,
         resource: bytes,
         batch_size: int = 512,
+        linger: float = 0.0,
         metrics_pushed: bool = False,
         metrics_lock: threading.RLock | None = None,
     ) -> None:
@@ -96,6 +94,9 @@ class ExportWorker:
         self._resource = resource
         self._scope = _otlp.scope("otel_service", __version__)
         self._batch_size = batch_size
+        #: After a partial batch, wait this long (the standard OTEL_BSP/BLRP schedule delay) for more
+        #: events: fewer, fuller export requests under load, at most this much added latency.
+        self._linger = linger
         self.status = ExportStatus(enabled=sender is not None)
         self._stop = threading.Event()
         self._deadline: float | None = None
@@ -136,8 +137,8 @@ class ExportWorker:
                     if self._stop.is_set():
                         break
                     time.sleep(_POLL_SECONDS)
-                elif processed < self._batch_size and not self._stop.is_set():
-                    time.sleep(_LINGER_SECONDS)
+                elif processed < self._batch_size:
+                    self._stop.wait(self._linger)  # a stop ends the wait: drain at once
                 if self._past_deadline():
                     break
         finally:

@@ -218,6 +218,24 @@ async def test_spans_logs_and_metrics_reach_an_otlp_receiver(
     assert exemplar_traces == {span.trace_id.hex()}
 
 
+async def test_schedule_delay_spaces_out_exports(receiver: OtlpReceiver, start_app: StartApp) -> None:
+    """OTEL_BSP/BLRP_SCHEDULE_DELAY: after a partial batch, the next export waits out the delay."""
+    app = await start_app(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_BSP_SCHEDULE_DELAY="3000",
+        OTEL_BLRP_SCHEDULE_DELAY="2000",
+    )
+    event = {"kind": "llm_call", "model": "m", "duration_ms": 1}
+    assert (await app.client.post("/v1/events", json=event)).status == 202
+    assert await asyncio.to_thread(receiver.wait_for_spans, 1)
+    started = time.monotonic()
+    assert (await app.client.post("/v1/events", json=event)).status == 202
+    assert not await asyncio.to_thread(receiver.wait_for_spans, 2, 1.0)
+    assert await asyncio.to_thread(receiver.wait_for_spans, 2, 10.0)
+    assert time.monotonic() - started >= 1.5
+
+
 async def test_one_push_carries_counters_and_histograms(receiver: OtlpReceiver, start_app: StartApp) -> None:
     """In-process histograms and SDK counters of one scope arrive together, in one scope."""
     app = await start_app(
