@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -14,14 +15,12 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from ._runner import ExportRunner, ProcessRunner, ThreadRunner, build_worker
 from ._settings import ENVIRONMENT, Settings, SettingsError
 from ._spool import SpoolLocked
 from ._telemetry import create_metrics, create_resource, new_instance_id, shutdown_quietly
 from ._version import __version__
-from .web_app import create_app
+from .web_app import App, create_app, serve
 
 __all__ = ["main"]
 
@@ -70,6 +69,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def _serve_until_signalled(app: App) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(app, stop)
+
+
 def _serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -95,16 +103,8 @@ def _serve(settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
-    web.run_app(
-        app,
-        loop=_new_loop(),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_timeout,
-        handle_signals=True,
-    )
+    with asyncio.Runner(loop_factory=_new_loop) as loop_runner:
+        loop_runner.run(_serve_until_signalled(app))
     shutdown_quietly(intake_metrics.provider, settings.shutdown_timeout)
     sys.stdout.flush()
     return 0

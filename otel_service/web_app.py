@@ -1,8 +1,10 @@
-"""The composition of the HTTP application: ``create_app`` wires intake, export and telemetry."""
+"""The composition of the HTTP side: ``create_app`` wires intake, export and telemetry; ``serve`` runs it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from typing import Any
 
 import psutil
 from aiohttp import web
@@ -16,14 +18,14 @@ from ._settings import Settings
 from ._spool import SpoolWriter
 from ._telemetry import Metrics
 from ._version import __version__
-from .web_handlers import SERVICE, Service, routes
-from .web_middlewares import create_middlewares
+from .web_boundary import create_handler
+from .web_handlers import Service, routes
 
-__all__ = ["SERVER_OPTIONS", "create_app"]
+__all__ = ["SERVER_OPTIONS", "App", "create_app", "serve"]
 
-#: Options of the HTTP server that the app carries with it: bodies are decompressed by the handlers
-#: (with a bound on the output), and request lines and headers are bounded.
-SERVER_OPTIONS = {
+#: Options of aiohttp's server: bodies are decompressed by the handlers (with a bound on the output),
+#: and request lines and headers are bounded.
+SERVER_OPTIONS: dict[str, Any] = {
     "auto_decompress": False,
     "max_line_size": 8190,
     "max_field_size": 8190,
@@ -31,8 +33,52 @@ SERVER_OPTIONS = {
 }
 
 
-def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) -> web.Application:
-    """The sidecar's HTTP app. ``runner`` hosts the export side; ``metrics`` carries the intake's own
+class App:
+    """The sidecar's HTTP side: ``handle`` serves requests between ``start`` and ``stop``."""
+
+    def __init__(self, settings: Settings, service: Service, writer: SpoolWriter) -> None:
+        self.settings = settings
+        self.service = service
+        self._writer = writer
+        self._fsync_loop: asyncio.Task[None] | None = None
+        self.handle = create_handler(
+            routes(service),
+            stats=service.intake.stats,
+            instruments=service.instruments,
+            histograms=service.histograms,
+            auth_token=settings.auth_token,
+            limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
+            cors_origins=settings.cors_origins,
+        )
+
+    def server(self) -> web.Server:
+        """An aiohttp low-level server for ``handle``."""
+        return web.Server(self.handle, access_log=None, **SERVER_OPTIONS)
+
+    async def start(self) -> None:
+        """Start the export side (and, with ``OTELSVC_SPOOL_FSYNC=interval``, the fsync timer)."""
+        self.service.runner.start()
+        if self.settings.spool_fsync == "interval":
+            self._fsync_loop = asyncio.create_task(self._sync_every(0.1))
+
+    async def _sync_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self._writer.sync()
+
+    async def stop(self) -> None:
+        """Refuse new events, close the spool, and let the export side drain within the deadline."""
+        self.service.intake.closed = True
+        if self._fsync_loop is not None:
+            self._fsync_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fsync_loop
+        self._writer.close()
+        await self.service.runner.stop(self.settings.shutdown_timeout)
+
+
+def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) -> App:
+    """The sidecar's HTTP side. ``runner`` hosts the export side; ``metrics`` carries the intake's own
     metrics (the caller owns and shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
     intake = Intake(
@@ -56,39 +102,19 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         psutil.Process(),
         commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
     )
-    app = web.Application(
-        middlewares=create_middlewares(
-            stats=intake.stats,
-            instruments=instruments,
-            histograms=metrics.histograms,
-            auth_token=settings.auth_token,
-            limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
-            cors_origins=settings.cors_origins,
-        ),
-        client_max_size=settings.max_body_bytes,
-        handler_args=SERVER_OPTIONS,
-    )
-    app[SERVICE] = service
-    app.add_routes(routes())
+    return App(settings, service, writer)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        runner.start()
-        sync = None
-        if settings.spool_fsync == "interval":
-            import asyncio
 
-            async def fsync_loop() -> None:
-                while True:
-                    await asyncio.sleep(0.1)
-                    writer.sync()
-
-            sync = asyncio.create_task(fsync_loop())
-        yield
-        intake.closed = True
-        if sync is not None:
-            sync.cancel()
-        writer.close()
-        await runner.stop(settings.shutdown_timeout)
-
-    app.cleanup_ctx.append(lifecycle)
-    return app
+async def serve(app: App, stop: asyncio.Event) -> None:
+    """Serve ``app`` on the configured address until ``stop`` is set, then shut down gracefully:
+    stop listening, let requests in progress finish (within the shutdown timeout), stop the app."""
+    settings = app.settings
+    runner = web.ServerRunner(app.server(), shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    await app.start()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await app.stop()

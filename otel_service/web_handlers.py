@@ -8,11 +8,12 @@ import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from typing import Any
 
 import psutil
-from aiohttp import web
+from aiohttp import StreamReader, web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ._correlation import parse_traceparent, resolve_correlation_id
@@ -26,9 +27,9 @@ from ._runner import ExportRunner
 from ._settings import Settings
 from ._validation import parse_batch, parse_track
 from ._version import __version__
-from .web_middlewares import json_response
+from .web_boundary import Routes, json_response
 
-__all__ = ["SERVICE", "Service", "routes"]
+__all__ = ["Service", "routes"]
 
 _JSON_TYPES = frozenset({"application/json"})
 #: zlib ``wbits`` per accepted Content-Encoding (None: as is).
@@ -63,14 +64,11 @@ class Service:
             ) from None
 
 
-SERVICE = web.AppKey("service", Service)
-
-
 def _iso(seconds: float | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
-async def _body(request: web.Request, allowed: frozenset[str], service: Service) -> bytes:
+async def _body(request: web.BaseRequest, allowed: frozenset[str], service: Service) -> bytes:
     if request.content_type not in allowed:
         raise UnsupportedMediaType(
             f"Content-Type must be one of {sorted(allowed)}, got {request.content_type!r}",
@@ -91,21 +89,29 @@ async def _body(request: web.Request, allowed: frozenset[str], service: Service)
     try:
         if request.content.is_eof():  # the usual small body arrived with the headers: take it
             raw = request.content.read_nowait()
-            if len(raw) > limit:
-                raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$")
-        else:  # bounded by the app's client_max_size
+        else:
             async with asyncio.timeout(_BODY_DEADLINE):
-                raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$") from None
+                raw = await _read_bounded(request.content, limit)
     except TimeoutError:
         raise InvalidEvent(
             f"body not received within {_BODY_DEADLINE:.0f} s", field="$", reason="body_timeout"
         ) from None
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"body exceeds {limit} bytes", field="$")
     body = _decompress(raw, encoding, limit)
     if not body:
         raise InvalidEvent("empty body", field="$", reason="empty_body")
     return body
+
+
+async def _read_bounded(stream: StreamReader, limit: int) -> bytes:
+    """The body as it arrives; stops reading once it exceeds ``limit`` (the caller refuses it)."""
+    chunks = []
+    size = 0
+    while size <= limit and (chunk := await stream.readany()):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
@@ -125,9 +131,8 @@ def _decompress(raw: bytes, encoding: str, limit: int) -> bytes:
     return body
 
 
-async def track(request: web.Request) -> web.Response:
+async def track(service: Service, request: web.BaseRequest) -> web.Response:
     """The lab's ``POST /track``: one flat event."""
-    service = request.app[SERVICE]
     body = await _body(request, _JSON_TYPES, service)
     event = parse_track(body, time.time(), service.settings.limits)
     accepted = service.intake.accept(
@@ -151,13 +156,12 @@ async def track(request: web.Request) -> web.Response:
     )
 
 
-def _header_correlation(request: web.Request) -> str | None:
+def _header_correlation(request: web.BaseRequest) -> str | None:
     return request.headers.get("X-Correlation-ID") or request.headers.get("X-Request-ID")
 
 
-async def events(request: web.Request) -> web.Response:
+async def events(service: Service, request: web.BaseRequest) -> web.Response:
     """``POST /v1/events``: one event, a JSON array, or NDJSON; valid items are accepted."""
-    service = request.app[SERVICE]
     body = await _body(request, _BATCH_TYPES, service)
     parsed = parse_batch(
         body,
@@ -196,9 +200,8 @@ async def events(request: web.Request) -> web.Response:
     return json_response(answer, status=status, headers=headers)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(service: Service, request: web.BaseRequest) -> web.Response:
     """Prometheus text: the intake's own metrics and the exporter's (event) metrics."""
-    service = request.app[SERVICE]
     exported = await service.runner.metrics_text()
     own = generate_latest(service.registry)
     return web.Response(
@@ -206,14 +209,13 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-async def health(request: web.Request) -> web.Response:
+async def health(service: Service, request: web.BaseRequest) -> web.Response:
     """Liveness: the process answers."""
     return json_response({"status": "healthy", "version": __version__})
 
 
-async def ready(request: web.Request) -> web.Response:
+async def ready(service: Service, request: web.BaseRequest) -> web.Response:
     """Readiness: intake open, exporter alive, and the spool below its high-water mark."""
-    service = request.app[SERVICE]
     problems = []
     if service.intake.closed:
         problems.append("shutting down")
@@ -229,9 +231,8 @@ async def ready(request: web.Request) -> web.Response:
     return json_response(body, status=200 if not problems else 503)
 
 
-async def health_detailed(request: web.Request) -> web.Response:
+async def health_detailed(service: Service, request: web.BaseRequest) -> web.Response:
     """Uptime, resources, request and event counts, and the export path's state."""
-    service = request.app[SERVICE]
     stats = service.intake.stats
     process = service.process
     with process.oneshot():
@@ -273,23 +274,25 @@ async def health_detailed(request: web.Request) -> web.Response:
     )
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(service: Service, request: web.BaseRequest) -> web.Response:
     return json_response(openapi_document())
 
 
-async def dashboard(request: web.Request) -> web.Response:
+async def dashboard(service: Service, request: web.BaseRequest) -> web.Response:
     html = resources.files("otel_service").joinpath("dashboard.html").read_bytes()
     return web.Response(body=html, content_type="text/html")
 
 
-def routes() -> list[web.RouteDef]:
-    return [
-        web.post("/track", track),
-        web.post("/v1/events", events),
-        web.get("/metrics", metrics),
-        web.get("/health", health),
-        web.get("/ready", ready),
-        web.get("/health/detailed", health_detailed),
-        web.get("/openapi.json", openapi),
-        web.get("/", dashboard),
-    ]
+def routes(service: Service) -> Routes:
+    """The sidecar's endpoints, bound to ``service``."""
+    table = {
+        "/track": ("POST", track),
+        "/v1/events": ("POST", events),
+        "/metrics": ("GET", metrics),
+        "/health": ("GET", health),
+        "/ready": ("GET", ready),
+        "/health/detailed": ("GET", health_detailed),
+        "/openapi.json": ("GET", openapi),
+        "/": ("GET", dashboard),
+    }
+    return {path: {method: partial(handler, service)} for path, (method, handler) in table.items()}

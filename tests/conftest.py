@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import RawTestServer, TestClient
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_service import Settings
 from otel_service._runner import ThreadRunner, build_worker
 from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
 from otel_service.testing import OtlpReceiver
-from otel_service.web_app import create_app
+from otel_service.web_app import SERVER_OPTIONS, App, create_app
 
 FAST_EXPORT = {
     "OTEL_BSP_SCHEDULE_DELAY": "50",
@@ -41,6 +41,7 @@ class Harness:
     """A running app (export in a thread) with its stdout log lines captured."""
 
     client: TestClient[Any, Any]
+    app: App
     settings: Settings
     runner: ThreadRunner
     log: io.BytesIO
@@ -78,9 +79,12 @@ StartApp = Callable[..., Awaitable[Harness]]
 
 @pytest.fixture
 async def start_app(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], tmp_path: Path
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    aiohttp_raw_server: Callable[..., Awaitable[RawTestServer]],
+    tmp_path: Path,
 ) -> AsyncIterator[StartApp]:
     providers = []
+    apps: list[App] = []
 
     async def start(**env: str) -> Harness:
         settings = make_settings(tmp_path, **env)
@@ -90,9 +94,13 @@ async def start_app(
         intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
         app = create_app(settings, runner=runner, metrics=intake)
         providers.append(intake.provider)
-        client = await aiohttp_client(app)
-        return Harness(client, settings, runner, log)
+        await app.start()
+        apps.append(app)
+        client = await aiohttp_client(await aiohttp_raw_server(app.handle, **SERVER_OPTIONS))
+        return Harness(client, app, settings, runner, log)
 
     yield start
+    for app in apps:
+        await app.stop()
     for provider in providers:
         shutdown_quietly(provider, 1.0)

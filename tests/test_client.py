@@ -16,16 +16,17 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import RawTestServer, TestServer
 
 from otel_service import AsyncEventClient, EventClient
 from otel_service._runner import ThreadRunner, build_worker
 from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
-from otel_service.web_app import create_app
+from otel_service.web_app import SERVER_OPTIONS, create_app
 
 from .conftest import make_settings
 
 MakeServer = Callable[..., Awaitable[TestServer]]
+MakeRawServer = Callable[..., Awaitable[RawTestServer]]
 KINDS = ["thread", "asyncio"]
 
 
@@ -62,7 +63,7 @@ class Sidecar:
 
 
 @pytest.fixture
-async def sidecar(aiohttp_server: MakeServer, tmp_path: Path) -> AsyncIterator[Sidecar]:
+async def sidecar(aiohttp_raw_server: MakeRawServer, tmp_path: Path) -> AsyncIterator[Sidecar]:
     """The app wired as in conftest's start_app, served on a real TCP port."""
     settings = make_settings(tmp_path)
     resource = create_resource(settings, "test-instance")
@@ -70,8 +71,10 @@ async def sidecar(aiohttp_server: MakeServer, tmp_path: Path) -> AsyncIterator[S
     runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
     intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     app = create_app(settings, runner=runner, metrics=intake)
-    server = await aiohttp_server(app)
+    await app.start()
+    server = await aiohttp_raw_server(app.handle, **SERVER_OPTIONS)
     yield Sidecar(str(server.make_url("")).rstrip("/"), runner, log)
+    await app.stop()
     shutdown_quietly(intake.provider, 1.0)
 
 

@@ -296,12 +296,10 @@ def test_kill_9_mid_load_then_restart_loses_nothing(receiver: OtlpReceiver, tmp_
 
 async def test_fsync_always_shares_fsyncs_among_concurrent_requests(start_app: StartApp) -> None:
     """With fsync=always every 202 waits for an fsync, and concurrent requests share them."""
-    from otel_service.web_handlers import SERVICE
-
     app = await start_app(OTELSVC_SPOOL_FSYNC="always")
     responses = await asyncio.gather(*(app.client.post("/v1/events", json=[EVENT]) for _ in range(50)))
     assert [r.status for r in responses] == [202] * 50
-    writer = app.client.server.app[SERVICE].intake._writer
+    writer = app.app.service.intake._writer
     assert 1 <= writer.syncs < 50
     assert not writer._dirty
 

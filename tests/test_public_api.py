@@ -14,7 +14,7 @@ import otel_service
 
 PACKAGE_DIR = Path(otel_service.__file__).parent
 TESTS_DIR = Path(__file__).parent
-PUBLIC_MODULES = ["client", "cli", "testing", "web_app", "web_handlers", "web_middlewares"]
+PUBLIC_MODULES = ["client", "cli", "testing", "web_app", "web_boundary", "web_handlers"]
 CORE_MODULES = [
     "_errors",
     "_events",
