@@ -600,3 +600,35 @@ async def test_unknown_route_and_method_are_json_errors(start_app: StartApp) -> 
     wrong = await app.client.get("/track")
     assert wrong.status == 405
     assert (await wrong.json())["error"] == "method_not_allowed"
+
+
+async def test_get_routes_answer_head_without_a_body(start_app: StartApp) -> None:
+    """HEAD is served wherever GET is, with GET's status and headers and no body."""
+    app = await start_app()
+    response = await app.client.head("/health")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert await response.read() == b""
+    assert (await app.client.head("/track")).status == 405
+
+
+async def test_request_durations_name_known_routes_and_methods_only(start_app: StartApp) -> None:
+    """The request-duration metric's route and method come from a closed set: a path outside the
+    route table is "unmatched", a method outside HTTP's own is "_OTHER" (client input never becomes a
+    label value)."""
+    app = await start_app()
+    assert (await app.client.get("/no/such/path")).status == 404
+    odd = await app.client.request("PROPFIND", "/track")
+    assert odd.status == 405
+    assert odd.headers["Allow"] == "POST"
+    assert (await odd.json())["error"] == "method_not_allowed"
+    text = await (await app.client.get("/metrics")).text()
+    counts = {
+        line.split("{", 1)[1].rsplit("}", 1)[0]
+        for line in text.splitlines()
+        if line.startswith("http_server_request_duration_seconds_count{")
+    }
+    assert any('http_route="unmatched"' in c and 'http_response_status_code="404"' in c for c in counts)
+    assert any('http_request_method="_OTHER"' in c and 'http_route="/track"' in c for c in counts)
+    assert "no/such" not in text
+    assert "PROPFIND" not in text
