@@ -45,6 +45,8 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._producers = tuple(producers)
         self._snapshot = False
         self._exporter = exporter
+        self._exporter_lock = threading.Lock()
+        self._exporter_down = False
         self._interval = interval
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -167,11 +169,27 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         return self.push()
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        deadline = time.monotonic() + timeout_millis / 1000
+        """Stop pushing after one last push, all within ``timeout_millis``.
+
+        OTLP exporters retry on their own clock (``OTEL_EXPORTER_OTLP_TIMEOUT``) whatever timeout an
+        export is given; their ``shutdown`` ends a retry at once. So the exporter is shut down at the
+        deadline at the latest: with the collector down, a push in progress gives up then instead of
+        holding the process's exit for the exporter's whole retry budget."""
+        timeout = timeout_millis / 1000
+        deadline = time.monotonic() + timeout
         self._stop.set()
+        alarm = threading.Timer(timeout, self._shutdown_exporter)
+        alarm.daemon = True
+        alarm.start()
         if self._thread is not None:
-            self._thread.join(timeout=timeout_millis / 1000)
+            self._thread.join(timeout=timeout)
         self.push(timeout=max(0.5, deadline - time.monotonic()))
-        if self._exporter is not None:
-            self._exporter.shutdown(timeout_millis=timeout_millis)
+        alarm.cancel()
+        self._shutdown_exporter()
         super().shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    def _shutdown_exporter(self) -> None:
+        with self._exporter_lock:
+            if self._exporter is not None and not self._exporter_down:
+                self._exporter_down = True
+                self._exporter.shutdown()

@@ -324,7 +324,9 @@ def test_sigterm_with_collector_down_keeps_the_rest_for_the_next_start(
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0, log.read_text()
-    assert time.monotonic() - started < 20
+    # Two shutdown timeouts (export process, then the intake's own metrics) and process exits; the
+    # OTLP metric exporters' retries used to hold the exit for their own budget (18-20 s here).
+    assert time.monotonic() - started < 10
     assert {s.span_id for s in receiver.spans()} == set()
     receiver.heal()
     restarted = _serve(port, env, log)

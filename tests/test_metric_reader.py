@@ -1,0 +1,37 @@
+"""The metric reader's shutdown keeps to its deadline while the collector refuses everything."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
+from otel_service.testing import Failure, OtlpReceiver
+
+from .conftest import make_settings
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_shutdown_ends_the_exporters_retries_at_its_deadline(
+    receiver: OtlpReceiver, tmp_path: Path, protocol: str
+) -> None:
+    """The OTLP exporters retry for OTEL_EXPORTER_OTLP_TIMEOUT (here 30 s) whatever timeout an export
+    is given; a shutdown with a 1 s deadline returns within about that, during a push that is retrying."""
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+    settings = make_settings(
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        OTEL_EXPORTER_OTLP_TIMEOUT="30000",
+        OTEL_METRIC_EXPORT_INTERVAL="100",
+    )
+    receiver.fail(Failure(count=10**9))
+    metrics = create_metrics(settings, create_resource(settings, "test-instance"), scope="test")
+    metrics.provider.get_meter("test").create_counter("things").add(1)
+    time.sleep(1.0)  # a periodic push is under way, retrying with backoff
+    assert metrics.reader.push_failures == 0
+    started = time.monotonic()
+    shutdown_quietly(metrics.provider, 1.0)
+    assert time.monotonic() - started < 2.5
