@@ -20,7 +20,7 @@ from ._settings import ENVIRONMENT, Settings, SettingsError
 from ._spool import SpoolLocked
 from ._telemetry import create_metrics, create_resource, new_instance_id, shutdown_quietly
 from ._version import __version__
-from .web_app import App, create_app, serve
+from .web_app import App, CannotListen, create_app, serve
 
 __all__ = ["main"]
 
@@ -103,10 +103,15 @@ def _serve(settings: Settings) -> int:
         file=sys.stderr,
         flush=True,
     )
-    with asyncio.Runner(loop_factory=_new_loop) as loop_runner:
-        loop_runner.run(_serve_until_signalled(app))
-    shutdown_quietly(intake_metrics.provider, settings.shutdown_timeout)
-    sys.stdout.flush()
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as loop_runner:
+            loop_runner.run(_serve_until_signalled(app))
+    except CannotListen as exc:
+        print(f"otel-service: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_quietly(intake_metrics.provider, settings.shutdown_timeout)
+        sys.stdout.flush()
     return 0
 
 

@@ -21,7 +21,7 @@ from ._version import __version__
 from .web_boundary import create_handler
 from .web_handlers import Service, routes
 
-__all__ = ["SERVER_OPTIONS", "App", "create_app", "serve"]
+__all__ = ["SERVER_OPTIONS", "App", "CannotListen", "create_app", "serve"]
 
 #: Options of aiohttp's server: bodies are decompressed by the handlers (with a bound on the output),
 #: and request lines and headers are bounded.
@@ -33,11 +33,15 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
+class CannotListen(RuntimeError):
+    """The configured address is taken or not ours to bind."""
+
+
 class App:
     """The sidecar's HTTP side: ``handle`` serves requests between ``start`` and ``stop``."""
 
-    def __init__(self, settings: Settings, service: Service, writer: SpoolWriter) -> None:
-        self.settings = settings
+    def __init__(self, service: Service, writer: SpoolWriter) -> None:
+        settings = self.settings = service.settings
         self.service = service
         self._writer = writer
         self._fsync_loop: asyncio.Task[None] | None = None
@@ -102,7 +106,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         psutil.Process(),
         commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
     )
-    return App(settings, service, writer)
+    return App(service, writer)
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:
@@ -113,7 +117,10 @@ async def serve(app: App, stop: asyncio.Event) -> None:
     await runner.setup()
     await app.start()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
         await stop.wait()
     finally:
         await runner.cleanup()

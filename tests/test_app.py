@@ -613,9 +613,7 @@ async def test_get_routes_answer_head_without_a_body(start_app: StartApp) -> Non
 
 
 async def test_request_durations_name_known_routes_and_methods_only(start_app: StartApp) -> None:
-    """The request-duration metric's route and method come from a closed set: a path outside the
-    route table is "unmatched", a method outside HTTP's own is "_OTHER" (client input never becomes a
-    label value)."""
+    """Request-duration labels come from closed sets: unknown paths are "unmatched", odd methods "_OTHER"."""
     app = await start_app()
     assert (await app.client.get("/no/such/path")).status == 404
     odd = await app.client.request("PROPFIND", "/track")

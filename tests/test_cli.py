@@ -121,6 +121,17 @@ def test_refuses_to_bind_beyond_loopback_without_a_token(sidecar_env: dict[str, 
     assert b"OTELSVC_AUTH_TOKEN" in err
 
 
+def test_a_taken_port_exits_2_with_a_clear_message(sidecar_env: dict[str, str]) -> None:
+    """Another process listening on the port: exit 2 naming the address, no traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        process = _cli("serve", "--port", str(port), env=sidecar_env)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err.decode()
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in err
+    assert b"Traceback" not in err
+
+
 def test_sigterm_flushes_every_signal_and_exits_zero(serve, receiver: OtlpReceiver) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM: intake stops, spans, logs and metrics are all delivered, and the exit code is 0."""
     sidecar = serve(
