@@ -18,7 +18,7 @@ from pathlib import Path
 from ._runner import ExportRunner, ProcessRunner, ThreadRunner, build_worker
 from ._settings import ENVIRONMENT, Settings, SettingsError
 from ._spool import SpoolLocked
-from ._telemetry import create_metrics, create_resource, new_instance_id, shutdown_quietly
+from ._telemetry import create_metrics, create_resource, new_instance_id
 from ._version import __version__
 from .web_app import App, CannotListen, create_app, serve
 
@@ -110,7 +110,6 @@ def _serve(settings: Settings) -> int:
         print(f"otel-service: {exc}", file=sys.stderr)
         return 2
     finally:
-        shutdown_quietly(intake_metrics.provider, settings.shutdown_timeout)
         sys.stdout.flush()
     return 0
 

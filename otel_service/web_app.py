@@ -16,7 +16,7 @@ from ._rate_limit import RateLimiter
 from ._runner import ExportRunner
 from ._settings import Settings
 from ._spool import SpoolWriter
-from ._telemetry import Metrics
+from ._telemetry import Metrics, shutdown_quietly
 from ._version import __version__
 from .web_boundary import create_handler
 from .web_handlers import Service, routes
@@ -40,10 +40,11 @@ class CannotListen(RuntimeError):
 class App:
     """The sidecar's HTTP side: ``handle`` serves requests between ``start`` and ``stop``."""
 
-    def __init__(self, service: Service, writer: SpoolWriter) -> None:
+    def __init__(self, service: Service, writer: SpoolWriter, metrics: Metrics) -> None:
         settings = self.settings = service.settings
         self.service = service
         self._writer = writer
+        self._metrics = metrics
         self._fsync_loop: asyncio.Task[None] | None = None
         self.handle = create_handler(
             routes(service),
@@ -71,19 +72,24 @@ class App:
             self._writer.sync()
 
     async def stop(self) -> None:
-        """Refuse new events, close the spool, and let the export side drain within the deadline."""
+        """Refuse new events and close the spool; then, within the one shutdown timeout, let the export
+        side drain while the intake's own metrics are pushed a last time."""
         self.service.intake.closed = True
         if self._fsync_loop is not None:
             self._fsync_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._fsync_loop
         self._writer.close()
-        await self.service.runner.stop(self.settings.shutdown_timeout)
+        timeout = self.settings.shutdown_timeout
+        await asyncio.gather(
+            self.service.runner.stop(timeout),
+            asyncio.to_thread(shutdown_quietly, self._metrics.provider, timeout),
+        )
 
 
 def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) -> App:
     """The sidecar's HTTP side. ``runner`` hosts the export side; ``metrics`` carries the intake's own
-    metrics (the caller owns and shuts it down)."""
+    metrics (``App.stop`` shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
     intake = Intake(
         writer,
@@ -106,7 +112,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         psutil.Process(),
         commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
     )
-    return App(service, writer)
+    return App(service, writer, metrics)
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:

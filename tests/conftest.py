@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_service import Settings
 from otel_service._runner import ThreadRunner, build_worker
-from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
+from otel_service._telemetry import create_metrics, create_resource
 from otel_service.testing import OtlpReceiver
 from otel_service.web_app import SERVER_OPTIONS, App, create_app
 
@@ -83,7 +83,6 @@ async def start_app(
     aiohttp_raw_server: Callable[..., Awaitable[RawTestServer]],
     tmp_path: Path,
 ) -> AsyncIterator[StartApp]:
-    providers = []
     apps: list[App] = []
 
     async def start(**env: str) -> Harness:
@@ -93,7 +92,6 @@ async def start_app(
         runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
         intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
         app = create_app(settings, runner=runner, metrics=intake)
-        providers.append(intake.provider)
         await app.start()
         apps.append(app)
         client = await aiohttp_client(await aiohttp_raw_server(app.handle, **SERVER_OPTIONS))
@@ -102,5 +100,3 @@ async def start_app(
     yield start
     for app in apps:
         await app.stop()
-    for provider in providers:
-        shutdown_quietly(provider, 1.0)

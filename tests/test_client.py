@@ -20,7 +20,7 @@ from aiohttp.test_utils import RawTestServer, TestServer
 
 from otel_service import AsyncEventClient, EventClient
 from otel_service._runner import ThreadRunner, build_worker
-from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
+from otel_service._telemetry import create_metrics, create_resource
 from otel_service.web_app import SERVER_OPTIONS, create_app
 
 from .conftest import make_settings
@@ -75,7 +75,6 @@ async def sidecar(aiohttp_raw_server: MakeRawServer, tmp_path: Path) -> AsyncIte
     server = await aiohttp_raw_server(app.handle, **SERVER_OPTIONS)
     yield Sidecar(str(server.make_url("")).rstrip("/"), runner, log)
     await app.stop()
-    shutdown_quietly(intake.provider, 1.0)
 
 
 @pytest.fixture
