@@ -13,6 +13,7 @@ OtelServiceError
 from __future__ import annotations
 
 __all__ = [
+    "ExpectationFailed",
     "InvalidEvent",
     "OtelServiceError",
     "PayloadTooLarge",
@@ -67,6 +68,11 @@ class PayloadTooLarge(RequestRejected):
 class UnsupportedMediaType(RequestRejected):
     status = 415
     reason = "unsupported_media_type"
+
+
+class ExpectationFailed(RequestRejected):
+    status = 417
+    reason = "expectation_failed"
 
 
 class Unauthorized(RequestRejected):

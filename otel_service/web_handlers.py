@@ -13,11 +13,11 @@ from importlib import resources
 from typing import Any
 
 import psutil
-from aiohttp import StreamReader, web
+from aiohttp import HttpVersion11, StreamReader, web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ._correlation import parse_traceparent, resolve_correlation_id
-from ._errors import InvalidEvent, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from ._errors import ExpectationFailed, InvalidEvent, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from ._group_commit import GroupCommit
 from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
@@ -90,6 +90,7 @@ async def _body(request: web.BaseRequest, allowed: frozenset[str], service: Serv
         if request.content.is_eof():  # the usual small body arrived with the headers: take it
             raw = request.content.read_nowait()
         else:
+            await _continue(request)
             async with asyncio.timeout(_BODY_DEADLINE):
                 raw = await _read_bounded(request.content, limit)
     except TimeoutError:
@@ -102,6 +103,18 @@ async def _body(request: web.BaseRequest, allowed: frozenset[str], service: Serv
     if not body:
         raise InvalidEvent("empty body", field="$", reason="empty_body")
     return body
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` once the headers passed every check (curl sends it before
+    large bodies and waits for it): the client sends the body only then."""
+    expect = request.headers.get("Expect")
+    if expect is None or request.version != HttpVersion11:
+        return
+    if expect.strip().lower() != "100-continue":
+        raise ExpectationFailed(f"only 100-continue is supported, got {expect!r}", field="Expect")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer proper starts after this interim one
 
 
 async def _read_bounded(stream: StreamReader, limit: int) -> bytes:

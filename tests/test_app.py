@@ -630,3 +630,47 @@ async def test_request_durations_name_known_routes_and_methods_only(start_app: S
     assert any('http_request_method="_OTHER"' in c and 'http_route="/track"' in c for c in counts)
     assert "no/such" not in text
     assert "PROPFIND" not in text
+
+
+async def _raw_exchange(port: int, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """Send ``head``, wait up to 2 s for an interim answer, then send ``body``; (interim, final)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        try:
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+        except TimeoutError:
+            interim = b""
+        if interim.startswith(b"HTTP/1.1 100"):
+            writer.write(body)
+            await writer.drain()
+            final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        else:
+            final, interim = interim, b""
+        return interim, final
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_is_answered_before_the_body(start_app: StartApp) -> None:
+    """Expect: 100-continue (curl sends it before large bodies) gets its interim answer, then 202;
+    a body over the limit is refused before it is sent, an unknown expectation gets 417."""
+    app = await start_app()
+    port = app.client.port
+    assert port is not None
+    body = json.dumps(LAB_EVENT).encode()
+
+    def head(expect: str, length: int) -> bytes:
+        return (
+            f"POST /track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Expect: {expect}\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
+
+    interim, final = await _raw_exchange(port, head("100-continue", len(body)), body)
+    assert interim.startswith(b"HTTP/1.1 100 Continue"), (interim, final)
+    assert final.startswith(b"HTTP/1.1 202"), final
+    interim, final = await _raw_exchange(port, head("100-continue", 10**9), b"")
+    assert (interim, final[:12]) == (b"", b"HTTP/1.1 413")
+    interim, final = await _raw_exchange(port, head("something-else", len(body)), body)
+    assert (interim, final[:12]) == (b"", b"HTTP/1.1 417")
