@@ -654,8 +654,7 @@ async def _raw_exchange(port: int, head: bytes, body: bytes) -> tuple[bytes, byt
 
 
 async def test_expect_100_continue_is_answered_before_the_body(start_app: StartApp) -> None:
-    """Expect: 100-continue (curl sends it before large bodies) gets its interim answer, then 202;
-    a body over the limit is refused before it is sent, an unknown expectation gets 417."""
+    """Expect: 100-continue gets its interim answer, then 202; 413 before an oversized body; else 417."""
     app = await start_app()
     port = app.client.port
     assert port is not None
