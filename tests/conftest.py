@@ -77,6 +77,17 @@ def point_values(data: MetricsData, name: str) -> dict[frozenset[tuple[str, Any]
 StartApp = Callable[..., Awaitable[Harness]]
 
 
+async def start_in_process(settings: Settings, log: io.BytesIO) -> tuple[App, ThreadRunner]:
+    """The app wired as in production, with export in a thread writing its log lines to ``log``;
+    started (the caller stops it)."""
+    resource = create_resource(settings, "test-instance")
+    runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
+    intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
+    app = create_app(settings, runner=runner, metrics=intake)
+    await app.start()
+    return app, runner
+
+
 @pytest.fixture
 async def start_app(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
@@ -87,12 +98,8 @@ async def start_app(
 
     async def start(**env: str) -> Harness:
         settings = make_settings(tmp_path, **env)
-        resource = create_resource(settings, "test-instance")
         log = io.BytesIO()
-        runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
-        intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
-        app = create_app(settings, runner=runner, metrics=intake)
-        await app.start()
+        app, runner = await start_in_process(settings, log)
         apps.append(app)
         client = await aiohttp_client(await aiohttp_raw_server(app.handle, **SERVER_OPTIONS))
         return Harness(client, app, settings, runner, log)

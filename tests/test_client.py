@@ -19,11 +19,10 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestServer
 
 from otel_service import AsyncEventClient, EventClient
-from otel_service._runner import ThreadRunner, build_worker
-from otel_service._telemetry import create_metrics, create_resource
-from otel_service.web_app import SERVER_OPTIONS, create_app
+from otel_service._runner import ThreadRunner
+from otel_service.web_app import SERVER_OPTIONS
 
-from .conftest import make_settings
+from .conftest import make_settings, start_in_process
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 MakeRawServer = Callable[..., Awaitable[RawTestServer]]
@@ -65,13 +64,8 @@ class Sidecar:
 @pytest.fixture
 async def sidecar(aiohttp_raw_server: MakeRawServer, tmp_path: Path) -> AsyncIterator[Sidecar]:
     """The app wired as in conftest's start_app, served on a real TCP port."""
-    settings = make_settings(tmp_path)
-    resource = create_resource(settings, "test-instance")
     log = io.BytesIO()
-    runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
-    intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
-    app = create_app(settings, runner=runner, metrics=intake)
-    await app.start()
+    app, runner = await start_in_process(make_settings(tmp_path), log)
     server = await aiohttp_raw_server(app.handle, **SERVER_OPTIONS)
     yield Sidecar(str(server.make_url("")).rstrip("/"), runner, log)
     await app.stop()
