@@ -59,7 +59,9 @@ def get_json(url: str) -> dict:
 
 
 class Server:
-    def __init__(self, endpoint: str, protocol: str, fsync: str, spool_root: str | None) -> None:
+    def __init__(
+        self, endpoint: str, protocol: str, fsync: str, spool_root: str | None, intake_processes: int
+    ) -> None:
         self.port = free_port()
         self.spool = tempfile.mkdtemp(prefix="otelsvc-bench-", dir=spool_root)
         env = {
@@ -67,6 +69,7 @@ class Server:
             "OTELSVC_PORT": str(self.port),
             "OTELSVC_SPOOL_DIR": self.spool,
             "OTELSVC_SPOOL_FSYNC": fsync,
+            "OTELSVC_INTAKE_PROCESSES": str(intake_processes),
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_METRIC_EXPORT_INTERVAL": "5000",
@@ -230,6 +233,9 @@ def main() -> int:
     parser.add_argument("--fsync", default="never", choices=["never", "interval", "always"])
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument(
+        "--intake-processes", type=int, default=2, help="OTELSVC_INTAKE_PROCESSES (default: 2, one per core)"
+    )
+    parser.add_argument(
         "--spool-root", default=None, help="where the spool lives (e.g. /dev/shm: no disk I/O at all)"
     )
     args = parser.parse_args()
@@ -239,7 +245,7 @@ def main() -> int:
     rows = []
     with OtlpReceiver() as receiver:
         endpoint = receiver.grpc_endpoint if args.protocol == "grpc" else receiver.http_endpoint
-        server = Server(endpoint, args.protocol, args.fsync, args.spool_root)
+        server = Server(endpoint, args.protocol, args.fsync, args.spool_root, args.intake_processes)
         try:
             single = json.dumps(EVENT)
             batch = json.dumps([EVENT] * 100)

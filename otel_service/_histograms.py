@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics import Exemplar
@@ -43,6 +43,33 @@ class _Point:
         self.min = float("inf")
         self.max = float("-inf")
 
+    def dump(self) -> list[Any]:
+        return [self.counts, self.count, self.sum, self.min, self.max]
+
+    @classmethod
+    def load(cls, dumped: Sequence[Any]) -> _Point:
+        counts, count, total, low, high = dumped
+        point = cls(len(counts))
+        point.counts = [int(c) for c in counts]
+        point.count, point.sum, point.min, point.max = int(count), float(total), float(low), float(high)
+        return point
+
+    def plus(self, other: _Point) -> _Point:
+        """A new point counting both (exemplars are this one's)."""
+        both = _Point(len(self.counts))
+        both.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        both.exemplars = list(self.exemplars)
+        both.count = self.count + other.count
+        both.sum = self.sum + other.sum
+        both.min = min(self.min, other.min)
+        both.max = max(self.max, other.max)
+        return both
+
+
+def _loaded(dumped: Sequence[Any]) -> Iterator[tuple[tuple[tuple[str, Any], ...], _Point]]:
+    for key, point in dumped:
+        yield tuple((str(name), value) for name, value in key), _Point.load(point)
+
 
 class FastHistogram:
     """One histogram instrument. Not thread-safe: its ``HistogramSet`` lock guards record and read."""
@@ -56,6 +83,27 @@ class FastHistogram:
         self._points: dict[tuple[tuple[str, Any], ...], _Point] = {}
         #: Observations folded into the overflow series because the cardinality cap was reached.
         self.overflowed = 0
+        #: Where the same histogram of other processes is read (their ``dump()``), summed into ours
+        #: at collection time: one series per attribute set however many processes recorded it.
+        self.peers: Callable[[], Sequence[Sequence[Any]]] | None = None
+
+    def dump(self) -> list[Any]:
+        """The histogram's cumulative state as JSON-ready lists (no exemplars)."""
+        return [[[list(pair) for pair in key], p.dump()] for key, p in self._points.items()]
+
+    def restore(self, dumped: Sequence[Any]) -> None:
+        """Continue from a ``dump()`` (a restarted process carrying on its predecessor's counts)."""
+        self._points = dict(_loaded(dumped))
+
+    def _merged_points(self) -> dict[tuple[tuple[str, Any], ...], _Point]:
+        if self.peers is None:
+            return self._points
+        points = dict(self._points)
+        for dumped in self.peers():
+            for key, point in _loaded(dumped):
+                mine = points.get(key)
+                points[key] = point if mine is None else mine.plus(point)
+        return points
 
     def record(
         self,
@@ -94,7 +142,8 @@ class FastHistogram:
             point.exemplars[index] = (value, time.time_ns(), trace_id, span_id)
 
     def metric(self, start_ns: int, now_ns: int) -> Metric | None:
-        if not self._points:
+        merged = self._merged_points()
+        if not merged:
             return None
         points = [
             HistogramDataPoint(
@@ -113,7 +162,7 @@ class FastHistogram:
                     if e is not None
                 ],
             )
-            for key, p in self._points.items()
+            for key, p in merged.items()
         ]
         return Metric(
             name=self.name,

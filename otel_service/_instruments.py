@@ -292,6 +292,7 @@ class IntakeInstruments:
         *,
         received: Callable[[], Mapping[tuple[str, str], int]],
         rejected: Callable[[], Mapping[tuple[str, str], int]],
+        shards: Callable[[], Mapping[str, int]] = dict,
     ) -> IntakeInstruments:
         _observe(
             meter.create_observable_counter,
@@ -308,6 +309,24 @@ class IntakeInstruments:
             rejected,
             unit="{event}",
             description="Events or requests refused by intake, by endpoint and reason.",
+        )
+        _observe(
+            meter.create_observable_counter,
+            "otel_service.intake.shard.records",
+            ("outcome",),
+            lambda: {(outcome,): n for outcome, n in shards().items() if n and outcome != "corrupt_bytes"},
+            unit="{event}",
+            description="Events copied from other intake processes' spool shards into the main spool "
+            "(copied), and copied again after a crash (possible_duplicate).",
+        )
+        _observe(
+            meter.create_observable_counter,
+            "otel_service.intake.shard.corrupt",
+            (),
+            lambda: {(): shards().get("corrupt_bytes", 0)},
+            unit="By",
+            description="Bytes of torn or corrupt records skipped in spool shards (an intake process "
+            "killed mid-write); should stay 0.",
         )
         _observe_overflow(meter, histograms)
         return cls(

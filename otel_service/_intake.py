@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -60,6 +62,40 @@ class IntakeStats:
             out[reason] += n
         return dict(out)
 
+    def dump(self) -> dict[str, Any]:
+        """The counters as JSON-ready data (what an intake process publishes to the others)."""
+        return {
+            "started": self.started,
+            "requests": self.requests,
+            "failed_requests": self.failed_requests,
+            "last_request": self.last_request,
+            "received": [[*key, n] for key, n in self.received.items()],
+            "rejected": [[*key, n] for key, n in self.rejected.items()],
+        }
+
+    @classmethod
+    def load(cls, dumped: Mapping[str, Any]) -> IntakeStats:
+        return cls(
+            started=float(dumped["started"]),
+            requests=int(dumped["requests"]),
+            failed_requests=int(dumped["failed_requests"]),
+            last_request=dumped["last_request"],
+            received=Counter({(str(a), str(b)): int(n) for a, b, n in dumped["received"]}),
+            rejected=Counter({(str(a), str(b)): int(n) for a, b, n in dumped["rejected"]}),
+        )
+
+    def plus(self, other: IntakeStats) -> IntakeStats:
+        """Both processes' counts together (started: this one's)."""
+        lasts = [t for t in (self.last_request, other.last_request) if t is not None]
+        return IntakeStats(
+            started=self.started,
+            requests=self.requests + other.requests,
+            failed_requests=self.failed_requests + other.failed_requests,
+            last_request=max(lasts) if lasts else None,
+            received=self.received + other.received,
+            rejected=self.rejected + other.rejected,
+        )
+
 
 class Intake:
     def __init__(
@@ -69,8 +105,13 @@ class Intake:
         max_spool_bytes: int,
         max_spool_age: float = 0.0,
         stats_: IntakeStats | None = None,
+        spools: Sequence[Path] = (),
     ) -> None:
         self._writer = writer
+        #: Spools whose undelivered bytes count against the bound: by default the writer's own; with
+        #: several intake processes, the main spool first (the export side's, where the oldest event
+        #: waits), then every intake process's shard.
+        self._spools = list(spools) or [writer.directory]
         self._max_bytes = max_spool_bytes
         self._max_age = max_spool_age
         self._oldest_age = 0.0
@@ -94,10 +135,10 @@ class Intake:
         if now - self._checked <= _STAT_TTL:
             return
         self._checked = now
-        self._spool_bytes = stats(self._writer.directory).bytes
+        self._spool_bytes = sum(stats(directory).bytes for directory in self._spools)
         self._oldest_age = 0.0
         if self._max_age and self._spool_bytes:
-            first = first_pending(self._writer.directory)
+            first = first_pending(self._spools[0])
             if first is not None:
                 try:
                     received = decode_envelope(first).received_ns

@@ -62,10 +62,13 @@ def _segment_name(number: int) -> str:
 
 def _segments(directory: Path) -> list[int]:
     numbers = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.endswith(_SUFFIX) and entry.name[: -len(_SUFFIX)].isdigit():
-                numbers.append(int(entry.name[: -len(_SUFFIX)]))
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(_SUFFIX) and entry.name[: -len(_SUFFIX)].isdigit():
+                    numbers.append(int(entry.name[: -len(_SUFFIX)]))
+    except FileNotFoundError:  # a shard whose process has not started yet
+        return []
     return sorted(numbers)
 
 

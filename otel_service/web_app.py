@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import psutil
 from aiohttp import web
@@ -18,36 +17,30 @@ from ._settings import Settings
 from ._spool import SpoolWriter
 from ._telemetry import Metrics, shutdown_quietly
 from ._version import __version__
-from .web_boundary import create_handler
-from .web_handlers import Service, routes
+from .web_boundary import create_handler, create_status_handler
+from .web_handlers import Service, Status, intake_routes, status_routes
+from .web_processes import IntakeGroup, intake_spools
+from .web_server import SERVER_OPTIONS, CannotListen, listen, sync_every
 
 __all__ = ["SERVER_OPTIONS", "App", "CannotListen", "create_app", "serve"]
 
-#: Options of aiohttp's server: bodies are decompressed by the handlers (with a bound on the output),
-#: and request lines and headers are bounded.
-SERVER_OPTIONS: dict[str, Any] = {
-    "auto_decompress": False,
-    "max_line_size": 8190,
-    "max_field_size": 8190,
-    "max_headers": 64,
-}
-
-
-class CannotListen(RuntimeError):
-    """The configured address is taken or not ours to bind."""
-
 
 class App:
-    """The sidecar's HTTP side: ``handle`` serves requests between ``start`` and ``stop``."""
+    """The sidecar's HTTP side: ``handle`` serves requests between ``start`` and ``stop``; ``group``
+    holds the other intake processes, if any."""
 
-    def __init__(self, service: Service, writer: SpoolWriter, metrics: Metrics) -> None:
+    def __init__(
+        self, service: Service, status: Status, group: IntakeGroup, writer: SpoolWriter, metrics: Metrics
+    ) -> None:
         settings = self.settings = service.settings
         self.service = service
+        self.status = status
+        self.group = group
         self._writer = writer
         self._metrics = metrics
         self._fsync_loop: asyncio.Task[None] | None = None
         self.handle = create_handler(
-            routes(service),
+            {**intake_routes(service), **status_routes(status)},
             stats=service.intake.stats,
             instruments=service.instruments,
             histograms=service.histograms,
@@ -55,26 +48,27 @@ class App:
             limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
             cors_origins=settings.cors_origins,
         )
+        #: What the other intake processes reach over the unix socket: the status endpoints.
+        self.handle_status = create_status_handler(status_routes(status))
 
     def server(self) -> web.Server:
         """An aiohttp low-level server for ``handle``."""
         return web.Server(self.handle, access_log=None, **SERVER_OPTIONS)
 
     async def start(self) -> None:
-        """Start the export side (and, with ``OTELSVC_SPOOL_FSYNC=interval``, the fsync timer)."""
-        self.service.runner.start()
+        """Start the export side, copying spool shards into the main spool (and, with
+        ``OTELSVC_SPOOL_FSYNC=interval``, the fsync timer)."""
+        self.status.runner.start()
+        self.group.start_merging()
         if self.settings.spool_fsync == "interval":
-            self._fsync_loop = asyncio.create_task(self._sync_every(0.1))
-
-    async def _sync_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            self._writer.sync()
+            self._fsync_loop = asyncio.create_task(sync_every(self._writer, 0.1))
 
     async def stop(self) -> None:
-        """Refuse new events and close the spool; then, within the one shutdown timeout, let the export
-        side drain while the intake's own metrics are pushed a last time."""
+        """Refuse new events, copy what the shards still hold and close the spool; then, within the one
+        shutdown timeout, let the export side drain while the intake's own metrics are pushed a last
+        time. (``serve`` stops the other intake processes first.)"""
         self.service.intake.closed = True
+        await self.group.finish_merging()
         if self._fsync_loop is not None:
             self._fsync_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -82,7 +76,7 @@ class App:
         self._writer.close()
         timeout = self.settings.shutdown_timeout
         await asyncio.gather(
-            self.service.runner.stop(timeout),
+            self.status.runner.stop(timeout),
             asyncio.to_thread(shutdown_quietly, self._metrics.provider, timeout),
         )
 
@@ -95,39 +89,41 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         writer,
         max_spool_bytes=settings.spool_max_bytes,
         max_spool_age=settings.spool_max_age,
+        spools=intake_spools(settings),
     )
+    group = IntakeGroup(settings, writer, intake.stats)
     instruments = IntakeInstruments.create(
         metrics.provider.get_meter("otel_service.intake", __version__),
         metrics.histograms,
-        received=lambda: intake.stats.received,
-        rejected=lambda: intake.stats.rejected,
+        received=lambda: group.stats().received,
+        rejected=lambda: group.stats().rejected,
+        shards=group.shard_counts,
     )
+    if len(group):  # one request-duration series per attribute set, whichever process served it
+        instruments.request_duration.peers = group.published_durations
     service = Service(
         settings,
         intake,
-        runner,
         instruments,
-        metrics.registry,
         metrics.histograms,
-        psutil.Process(),
         commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
     )
-    return App(service, writer, metrics)
+    status = Status(service, runner, metrics.registry, psutil.Process(), group.stats, group.processes)
+    return App(service, status, group, writer, metrics)
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:
     """Serve ``app`` on the configured address until ``stop`` is set, then shut down gracefully:
-    stop listening, let requests in progress finish (within the shutdown timeout), stop the app."""
+    stop listening (every intake process), let requests in progress finish (within the shutdown
+    timeout), stop the app."""
     settings = app.settings
     runner = web.ServerRunner(app.server(), shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     await app.start()
     try:
-        try:
-            await web.TCPSite(runner, settings.host, settings.port).start()
-        except OSError as exc:
-            raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+        port = await listen(runner, settings.host, settings.port, shared=len(app.group) > 0)
+        await app.group.start(port, app.handle_status)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await asyncio.gather(runner.cleanup(), app.group.stop(settings.shutdown_timeout))
         await app.stop()

@@ -20,7 +20,7 @@ from ._instruments import IntakeInstruments
 from ._intake import IntakeStats
 from ._rate_limit import RateLimiter
 
-__all__ = ["Handler", "Routes", "create_handler", "json_response"]
+__all__ = ["Handler", "Routes", "create_handler", "create_status_handler", "json_response"]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 #: Path → method → handler. A GET route also answers HEAD.
@@ -61,6 +61,20 @@ def _with_head(routes: Routes) -> dict[str, dict[str, Handler]]:
         if "GET" in methods:
             table[path].setdefault("HEAD", methods["GET"])
     return table
+
+
+def create_status_handler(routes: Routes) -> Handler:
+    """The handler of the first intake process's unix socket, where the others forward the status
+    endpoints: the forwarding process already guarded, counted and timed the request."""
+    table = _with_head(routes)
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        handler = table.get(request.path, {}).get(request.method)
+        if handler is None:
+            return json_response({"error": "not_found", "message": "Not Found"}, status=404)
+        return await handler(request)
+
+    return handle
 
 
 def create_handler(

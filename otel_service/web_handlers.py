@@ -6,12 +6,15 @@ import asyncio
 import os
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 from aiohttp import HttpVersion11, StreamReader, web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,7 +24,7 @@ from ._errors import ExpectationFailed, InvalidEvent, PayloadTooLarge, Unavailab
 from ._group_commit import GroupCommit
 from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
-from ._intake import Intake
+from ._intake import Intake, IntakeStats
 from ._openapi import openapi_document
 from ._runner import ExportRunner
 from ._settings import Settings
@@ -29,12 +32,13 @@ from ._validation import parse_batch, parse_track
 from ._version import __version__
 from .web_boundary import Routes, json_response
 
-__all__ = ["Service", "routes"]
+__all__ = ["STATUS_PATHS", "Forwarder", "Service", "Status", "intake_routes", "status_routes"]
 
 _JSON_TYPES = frozenset({"application/json"})
 #: zlib ``wbits`` per accepted Content-Encoding (None: as is).
 _DECODERS: dict[str, int | None] = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _BODY_DEADLINE = 10.0
+_FORWARD_TIMEOUT = 10.0
 _BATCH_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl"})
 #: /ready turns not-ready at this spool fill ratio, before intake refuses at 1.0.
 READY_FILL_RATIO = 0.8
@@ -42,13 +46,12 @@ READY_FILL_RATIO = 0.8
 
 @dataclass
 class Service:
+    """What the intake endpoints need (in every intake process)."""
+
     settings: Settings
     intake: Intake
-    runner: ExportRunner
     instruments: IntakeInstruments
-    registry: CollectorRegistry
     histograms: HistogramSet
-    process: psutil.Process
     #: With ``OTELSVC_SPOOL_FSYNC=always``: answers wait until their events are on stable storage.
     commit: GroupCommit | None = None
 
@@ -62,6 +65,20 @@ class Service:
             raise Unavailable(
                 f"cannot sync the export spool: {exc.strerror}", reason="spool_unwritable", retry_after=10
             ) from None
+
+
+@dataclass
+class Status:
+    """What the status endpoints read (in the first intake process only; the others forward to it)."""
+
+    service: Service
+    runner: ExportRunner
+    registry: CollectorRegistry
+    process: psutil.Process
+    #: The intake's counters: with several intake processes, all of theirs together.
+    stats: Callable[[], IntakeStats]
+    #: Each intake process: index, pid, alive, restarts.
+    processes: Callable[[], list[dict[str, Any]]]
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -213,10 +230,10 @@ async def events(service: Service, request: web.BaseRequest) -> web.Response:
     return json_response(answer, status=status, headers=headers)
 
 
-async def metrics(service: Service, request: web.BaseRequest) -> web.Response:
+async def metrics(status: Status, request: web.BaseRequest) -> web.Response:
     """Prometheus text: the intake's own metrics and the exporter's (event) metrics."""
-    exported = await service.runner.metrics_text()
-    own = generate_latest(service.registry)
+    exported = await status.runner.metrics_text()
+    own = generate_latest(status.registry)
     return web.Response(
         body=exported + own, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )
@@ -227,12 +244,13 @@ async def health(service: Service, request: web.BaseRequest) -> web.Response:
     return json_response({"status": "healthy", "version": __version__})
 
 
-async def ready(service: Service, request: web.BaseRequest) -> web.Response:
+async def ready(status: Status, request: web.BaseRequest) -> web.Response:
     """Readiness: intake open, exporter alive, and the spool below its high-water mark."""
+    service = status.service
     problems = []
     if service.intake.closed:
         problems.append("shutting down")
-    if not service.runner.alive():
+    if not status.runner.alive():
         problems.append("export worker not running")
     fill = service.intake.fill_ratio
     if fill >= READY_FILL_RATIO:
@@ -244,19 +262,19 @@ async def ready(service: Service, request: web.BaseRequest) -> web.Response:
     return json_response(body, status=200 if not problems else 503)
 
 
-async def health_detailed(service: Service, request: web.BaseRequest) -> web.Response:
+async def health_detailed(status: Status, request: web.BaseRequest) -> web.Response:
     """Uptime, resources, request and event counts, and the export path's state."""
-    stats = service.intake.stats
-    process = service.process
+    stats = status.stats()
+    process = status.process
     with process.oneshot():
         memory = process.memory_info().rss
         cpu = process.cpu_percent(interval=None)
     uptime = time.time() - stats.started
-    export = await service.runner.status()
+    export = await status.runner.status()
     return json_response(
         {
-            "status": "healthy" if service.runner.alive() else "degraded",
-            "service": service.settings.service_name,
+            "status": "healthy" if status.runner.alive() else "degraded",
+            "service": status.service.settings.service_name,
             "version": __version__,
             "timestamp": datetime.now(UTC).isoformat(),
             "uptime": {
@@ -282,6 +300,7 @@ async def health_detailed(service: Service, request: web.BaseRequest) -> web.Res
                 "accepted": stats.accepted_by_kind(),
                 "rejected": stats.rejected_by_reason(),
             },
+            "intake_processes": status.processes(),
             "export": export,
         }
     )
@@ -296,16 +315,56 @@ async def dashboard(service: Service, request: web.BaseRequest) -> web.Response:
     return web.Response(body=html, content_type="text/html")
 
 
-def routes(service: Service) -> Routes:
-    """The sidecar's endpoints, bound to ``service``."""
+#: The endpoints that read the service's state; intake processes other than the first forward them.
+STATUS_PATHS = ("/metrics", "/ready", "/health/detailed")
+
+
+def intake_routes(service: Service) -> Routes:
+    """The endpoints every intake process serves itself, bound to ``service``."""
     table = {
         "/track": ("POST", track),
         "/v1/events": ("POST", events),
-        "/metrics": ("GET", metrics),
         "/health": ("GET", health),
-        "/ready": ("GET", ready),
-        "/health/detailed": ("GET", health_detailed),
         "/openapi.json": ("GET", openapi),
         "/": ("GET", dashboard),
     }
     return {path: {method: partial(handler, service)} for path, (method, handler) in table.items()}
+
+
+class Forwarder:
+    """Answers the status endpoints in intake processes other than the first, by asking the first over
+    its unix socket: every process then reports the same (summed, monotonic) counters."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self._socket_path = socket_path
+        self._session: aiohttp.ClientSession | None = None
+
+    def routes(self) -> Routes:
+        return {path: {"GET": self.forward} for path in STATUS_PATHS}
+
+    async def forward(self, request: web.BaseRequest) -> web.Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self._socket_path)),
+                timeout=aiohttp.ClientTimeout(total=_FORWARD_TIMEOUT),
+            )
+        try:
+            async with self._session.get(f"http://intake{request.rel_url}") as answer:
+                body = await answer.read()
+                content_type = answer.headers.get("Content-Type", "application/octet-stream")
+                return web.Response(body=body, status=answer.status, headers={"Content-Type": content_type})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(
+                f"the first intake process does not answer: {exc}", reason="status_unavailable", retry_after=1
+            ) from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def status_routes(status: Status) -> Routes:
+    """The ``STATUS_PATHS`` endpoints, bound to ``status``."""
+    handlers = (metrics, ready, health_detailed)
+    pairs = zip(STATUS_PATHS, handlers, strict=True)
+    return {path: {"GET": partial(handler, status)} for path, handler in pairs}

@@ -14,7 +14,16 @@ import otel_service
 
 PACKAGE_DIR = Path(otel_service.__file__).parent
 TESTS_DIR = Path(__file__).parent
-PUBLIC_MODULES = ["client", "cli", "testing", "web_app", "web_boundary", "web_handlers"]
+PUBLIC_MODULES = [
+    "client",
+    "cli",
+    "testing",
+    "web_app",
+    "web_boundary",
+    "web_handlers",
+    "web_processes",
+    "web_server",
+]
 CORE_MODULES = [
     "_errors",
     "_events",
@@ -28,6 +37,7 @@ CORE_MODULES = [
     "_drift",
     "_rate_limit",
     "_intake",
+    "_shards",
 ]
 FORBIDDEN_IN_CORE = {"aiohttp", "opentelemetry"}
 

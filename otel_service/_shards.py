@@ -1,0 +1,124 @@
+"""Spool shards: with several intake processes, each one but the first appends to a shard of its own
+(``<spool>/intake-N``), and the first moves what the shards hold into the main spool, which the export
+side reads. An event is owned once it is in a shard, as it is once in the main spool.
+
+Copying is at-least-once: a shard's cursor records the end of the batch being copied before the copy
+(``inflight``), and moves past it after; a crash in between copies that batch again on the next start,
+where it is counted as possible duplicates.
+
+A shard also holds its process's published counters (``stats.json``), which the first process adds to
+its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._spool import Cursor, Position, SpoolReader, SpoolWriter
+
+__all__ = ["ShardMerger", "forget_published", "publish", "read_published", "shard_dir", "shard_dirs"]
+
+_PREFIX = "intake-"
+_PUBLISHED = "stats.json"
+
+
+def shard_dir(spool_dir: Path, index: int) -> Path:
+    """The spool of intake process ``index`` (1, 2, ...; process 0 writes the main spool)."""
+    return spool_dir / f"{_PREFIX}{index}"
+
+
+def shard_dirs(spool_dir: Path) -> list[Path]:
+    """Every shard present, in index order."""
+    found = []
+    if spool_dir.is_dir():
+        for entry in spool_dir.iterdir():
+            index = entry.name.removeprefix(_PREFIX)
+            if entry.name.startswith(_PREFIX) and index.isdigit() and entry.is_dir():
+                found.append((int(index), entry))
+    return [path for _, path in sorted(found)]
+
+
+def publish(directory: Path, data: dict[str, Any]) -> None:
+    """Replace ``directory``'s published counters atomically."""
+    tmp = directory / (_PUBLISHED + ".tmp")
+    tmp.write_bytes(orjson.dumps(data))
+    os.replace(tmp, directory / _PUBLISHED)
+
+
+def read_published(directory: Path) -> dict[str, Any] | None:
+    """What ``publish`` last wrote there (None if nothing, or unreadable)."""
+    try:
+        data = orjson.loads((directory / _PUBLISHED).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def forget_published(directory: Path) -> None:
+    (directory / _PUBLISHED).unlink(missing_ok=True)
+
+
+class ShardMerger:
+    """Copies records from shards into the main spool's writer (on the writer's thread)."""
+
+    def __init__(self, writer: SpoolWriter, shards: Callable[[], list[Path]]) -> None:
+        self._writer = writer
+        self._shards = shards
+        self._readers: dict[Path, SpoolReader] = {}
+        #: Per shard, the end of a copy that was under way when the previous process stopped.
+        self._suspect: dict[Path, Position] = {}
+        self._pending: list[tuple[SpoolReader, Position]] = []
+        #: Records copied, and copied again after a crash (possible duplicates downstream).
+        self.copied = 0
+        self.duplicates = 0
+        #: Bytes of torn or corrupt frames skipped in shards (a process killed mid-write).
+        self.corrupt_bytes = 0
+
+    def _open(self) -> Iterator[SpoolReader]:
+        for directory in self._shards():
+            reader = self._readers.get(directory)
+            if reader is None:
+                reader = self._readers[directory] = SpoolReader(directory)
+                if reader.cursor.inflight > reader.cursor.committed:
+                    self._suspect[directory] = reader.cursor.inflight
+            yield reader
+
+    def copy(self, max_records: int = 4096) -> int:
+        """Append what the shards hold (up to ``max_records`` from each) to the main spool; ``commit``
+        once that is as durable as the fsync policy asks. Returns the records copied."""
+        total = 0
+        for reader in self._open():
+            payloads, ends = reader.read(max_records)
+            if reader.corrupt_bytes:
+                self.corrupt_bytes += reader.corrupt_bytes
+                reader.corrupt_bytes = 0
+            if not payloads:
+                continue
+            committed = reader.cursor.committed
+            reader.save(Cursor(committed, committed, ends[-1], committed))
+            self._writer.append(payloads)
+            suspect = self._suspect.get(reader.directory)
+            if suspect is not None:
+                self.duplicates += sum(1 for end in ends if end <= suspect)
+                if ends[-1] >= suspect:
+                    del self._suspect[reader.directory]
+            self._pending.append((reader, ends[-1]))
+            total += len(payloads)
+        self.copied += total
+        return total
+
+    def commit(self) -> None:
+        """Move the shards' cursors past what ``copy`` appended (deleting copied segments)."""
+        for reader, end in self._pending:
+            reader.save(Cursor.at(end))
+        self._pending.clear()
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()

@@ -1,0 +1,320 @@
+"""Several intake processes on one port (``OTELSVC_INTAKE_PROCESSES``), for more events/s on more cores.
+
+The first process (``IntakeGroup``) binds the port with SO_REUSEPORT, starts the others and replaces
+any that dies. Each other process (``run_intake_process``) binds the same port, so the kernel spreads
+connections over all of them; it validates and spools events into its own shard, which the first
+process copies into the main spool (``_shards``), and publishes its counters there every
+``PUBLISH_SECONDS``. The status endpoints (``/metrics``, ``/ready``, ``/health/detailed``) are answered
+by the first process only, with every process's counters summed: the others forward them over a unix
+socket, so a scrape sees the same monotonic counters whichever process it reaches. Only the first
+process pushes the intake's metrics over OTLP. Rate limits apply per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from multiprocessing import get_context
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from opentelemetry.metrics import NoOpMeter
+
+from ._group_commit import GroupCommit
+from ._histograms import HistogramSet
+from ._instruments import IntakeInstruments
+from ._intake import Intake, IntakeStats
+from ._rate_limit import RateLimiter
+from ._settings import Settings
+from ._shards import ShardMerger, forget_published, publish, read_published, shard_dir, shard_dirs
+from ._spool import SpoolWriter
+from ._version import __version__
+from .web_boundary import Handler, create_handler
+from .web_handlers import Forwarder, Service, intake_routes
+from .web_server import (
+    SERVER_OPTIONS,
+    CannotListen,
+    configure_diagnostics,
+    listen,
+    new_event_loop,
+    sync_every,
+)
+
+__all__ = ["PUBLISH_SECONDS", "IntakeGroup", "run_intake_process"]
+
+#: How often an intake process publishes its counters (how stale the others' counts can be).
+PUBLISH_SECONDS = 0.25
+_MERGE_SECONDS = 0.01
+_WATCH_SECONDS = 0.5
+_START_TIMEOUT = 30.0
+_log = logging.getLogger("otel_service")
+
+
+def intake_spools(settings: Settings) -> list[Path]:
+    """The spools an intake process counts against the bound: the main one first, then every shard."""
+    shards = {*shard_dirs(settings.spool_dir), *(shard_dir(settings.spool_dir, i) for i in _others(settings))}
+    return [settings.spool_dir, *sorted(shards)]
+
+
+def _others(settings: Settings) -> range:
+    return range(1, settings.intake_processes)
+
+
+class IntakeGroup:
+    """In the first intake process: the other intake processes, their shards and their counters."""
+
+    def __init__(self, settings: Settings, writer: SpoolWriter, stats: IntakeStats) -> None:
+        self._settings = settings
+        self._writer = writer
+        self._stats = stats
+        self._socket = settings.spool_dir / "intake.sock"
+        self._processes: dict[int, BaseProcess] = {}
+        self._restarts: Counter[int] = Counter()
+        #: Shards of this run's processes, and any left by an earlier run with more of them.
+        shards = intake_spools(settings)[1:]
+        self.merger = ShardMerger(writer, lambda: shards)
+        self._fsync = settings.spool_fsync != "never"
+        self._merging: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self._status_runner: web.ServerRunner | None = None
+        self._port = settings.port
+
+    def __len__(self) -> int:
+        """How many intake processes besides this one."""
+        return len(_others(self._settings))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start_merging(self) -> None:
+        """Copy shards into the main spool from now on (also what an earlier run left behind)."""
+        if self._merging is None and (len(self) or shard_dirs(self._settings.spool_dir)):
+            self._merging = asyncio.create_task(self._merge_every(_MERGE_SECONDS))
+
+    async def start(self, port: int, status_handler: Handler) -> None:
+        """Serve the status endpoints on the unix socket, start the other processes on ``port`` and wait
+        until each listens. Raises ``CannotListen`` if one cannot."""
+        if not len(self):
+            return
+        self._port = port
+        self._status_runner = web.ServerRunner(web.Server(status_handler, access_log=None))
+        await self._status_runner.setup()
+        self._socket.unlink(missing_ok=True)
+        await web.UnixSite(self._status_runner, str(self._socket)).start()
+        for index in _others(self._settings):
+            forget_published(shard_dir(self._settings.spool_dir, index))
+            self._spawn(index)
+        for index in _others(self._settings):
+            await self._until_listening(index)
+        self._watching = asyncio.create_task(self._watch())
+
+    def _spawn(self, index: int) -> None:
+        process = get_context("spawn").Process(
+            target=run_intake_process,
+            args=(self._settings, index, self._port, self._socket, os.getpid()),
+            name=f"otel-service-intake-{index}",
+            daemon=False,
+        )
+        process.start()
+        self._processes[index] = process
+
+    async def _until_listening(self, index: int) -> None:
+        process = self._processes[index]
+        deadline = time.monotonic() + _START_TIMEOUT
+        while (read_published(shard_dir(self._settings.spool_dir, index)) or {}).get("pid") != process.pid:
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise CannotListen(f"intake process {index} did not start (exit code {process.exitcode})")
+            await asyncio.sleep(0.02)
+
+    async def _watch(self) -> None:
+        """Replace an intake process that died (killed, crashed): its shard stays and is copied on."""
+        while True:
+            await asyncio.sleep(_WATCH_SECONDS)
+            for index, process in list(self._processes.items()):
+                if not process.is_alive():
+                    code = process.exitcode
+                    _log.warning("intake process %d exited with %s; starting it again", index, code)
+                    self._restarts[index] += 1
+                    self._spawn(index)
+
+    async def _merge_every(self, seconds: float) -> None:
+        while True:
+            await self._merge()
+            await asyncio.sleep(seconds)
+
+    async def _merge(self) -> int:
+        copied = self.merger.copy()
+        if copied and self._fsync:
+            await asyncio.to_thread(self._writer.sync)
+        self.merger.commit()
+        return copied
+
+    async def stop(self, timeout: float) -> None:
+        """Stop the other processes (each stops listening and finishes its requests), then close the
+        status socket."""
+        if self._watching is not None:
+            self._watching.cancel()
+        for process in self._processes.values():
+            if process.is_alive():
+                process.terminate()  # SIGTERM: a graceful stop
+        deadline = time.monotonic() + timeout
+        for process in self._processes.values():
+            await asyncio.to_thread(process.join, max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+        if self._status_runner is not None:
+            await self._status_runner.cleanup()
+            self._socket.unlink(missing_ok=True)
+
+    async def finish_merging(self) -> None:
+        """Copy what the shards still hold (after ``stop``), then stop copying."""
+        if self._merging is not None:
+            self._merging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._merging
+            self._merging = None
+        while await self._merge():
+            pass
+        self.merger.close()
+
+    # -- counters ------------------------------------------------------------------------------
+
+    def _published(self) -> dict[int, dict[str, Any]]:
+        found = {}
+        for index in _others(self._settings):
+            data = read_published(shard_dir(self._settings.spool_dir, index))
+            if data is not None:
+                found[index] = data
+        return found
+
+    def published_durations(self) -> list[Any]:
+        """The other processes' request-duration histograms (``FastHistogram.dump``), as published."""
+        return [data["durations"] for data in self._published().values()]
+
+    def stats(self) -> IntakeStats:
+        """Every intake process's counters together (the others' as last published)."""
+        total = self._stats
+        for data in self._published().values():
+            total = total.plus(IntakeStats.load(data["stats"]))
+        return total
+
+    def processes(self) -> list[dict[str, Any]]:
+        """Each intake process: index, pid, alive, restarts, requests (as last published)."""
+        own = {"index": 0, "pid": os.getpid(), "alive": True, "restarts": 0, "requests": self._stats.requests}
+        rows: list[dict[str, Any]] = [own]
+        published = self._published()
+        for index, process in sorted(self._processes.items()):
+            data = published.get(index)
+            rows.append(
+                {
+                    "index": index,
+                    "pid": process.pid,
+                    "alive": process.is_alive(),
+                    "restarts": self._restarts[index],
+                    "requests": data["stats"]["requests"] if data else 0,
+                }
+            )
+        return rows
+
+    def shard_counts(self) -> dict[str, int]:
+        """What copying shards did: records copied, copied again after a crash, corrupt bytes skipped."""
+        merger = self.merger
+        return {
+            "copied": merger.copied,
+            "possible_duplicate": merger.duplicates,
+            "corrupt_bytes": merger.corrupt_bytes,
+        }
+
+
+# -- the other intake processes ------------------------------------------------------------------
+
+
+def run_intake_process(settings: Settings, index: int, port: int, socket_path: Path, parent: int) -> None:
+    """Entry point of intake process ``index`` (1, 2, ...)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first process decides when we stop
+    configure_diagnostics(settings.log_level)
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_serve_shard(settings, index, port, socket_path, parent))
+    except CannotListen as exc:
+        print(f"otel-service: intake process {index}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        sys.stdout.flush()
+
+
+async def _serve_shard(settings: Settings, index: int, port: int, socket_path: Path, parent: int) -> None:
+    writer = SpoolWriter(shard_dir(settings.spool_dir, index), fsync=settings.spool_fsync)
+    # A replacement carries on from its predecessor's published counters: the sums stay monotonic.
+    previous = read_published(writer.directory)
+    stats = IntakeStats.load(previous["stats"]) if previous else IntakeStats()
+    intake = Intake(
+        writer,
+        max_spool_bytes=settings.spool_max_bytes,
+        max_spool_age=settings.spool_max_age,
+        stats_=stats,
+        spools=intake_spools(settings),
+    )
+    histograms = HistogramSet("otel_service.intake", __version__, settings.cardinality_limit)
+    instruments = IntakeInstruments.create(
+        NoOpMeter("otel_service.intake"),  # the first process reports everyone's
+        histograms,
+        received=lambda: stats.received,
+        rejected=lambda: stats.rejected,
+    )
+    if previous:
+        instruments.request_duration.restore(previous["durations"])
+    service = Service(
+        settings,
+        intake,
+        instruments,
+        histograms,
+        commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
+    )
+    forwarder = Forwarder(socket_path)
+    handler = create_handler(
+        {**intake_routes(service), **forwarder.routes()},
+        stats=stats,
+        instruments=instruments,
+        histograms=histograms,
+        auth_token=settings.auth_token,
+        limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
+        cors_origins=settings.cors_origins,
+    )
+
+    def publish_counters() -> None:
+        with histograms.lock:
+            durations = instruments.request_duration.dump()
+        publish(writer.directory, {"pid": os.getpid(), "stats": stats.dump(), "durations": durations})
+
+    runner = web.ServerRunner(
+        web.Server(handler, access_log=None, **SERVER_OPTIONS), shutdown_timeout=settings.shutdown_timeout
+    )
+    await runner.setup()
+    syncing = asyncio.create_task(sync_every(writer, 0.1)) if settings.spool_fsync == "interval" else None
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await listen(runner, settings.host, port, shared=True, first=False)
+        publish_counters()  # tells the first process we listen
+        while not stop.is_set() and os.getppid() == parent:  # orphaned: stop too
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PUBLISH_SECONDS):
+                    await stop.wait()
+            publish_counters()
+    finally:
+        await runner.cleanup()
+        intake.closed = True
+        if syncing is not None:
+            syncing.cancel()
+        writer.close()
+        publish_counters()
+        await forwarder.close()
