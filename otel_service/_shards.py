@@ -101,7 +101,13 @@ class ShardMerger:
                 continue
             committed = reader.cursor.committed
             reader.save(Cursor(committed, committed, ends[-1], committed))
-            self._writer.append(payloads)
+            try:
+                self._writer.append(payloads)
+            except OSError:  # read again from the cursor next time: nothing of this batch is copied
+                reader.save(Cursor.at(committed))
+                reader.close()
+                del self._readers[reader.directory]
+                raise
             suspect = self._suspect.get(reader.directory)
             if suspect is not None:
                 self.duplicates += sum(1 for end in ends if end <= suspect)

@@ -108,7 +108,9 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         metrics.histograms,
         commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
     )
-    status = Status(service, runner, metrics.registry, psutil.Process(), group.stats, group.processes)
+    status = Status(
+        service, runner, metrics.registry, psutil.Process(), group.stats, group.processes, group.problems
+    )
     return App(service, status, group, writer, metrics)
 
 

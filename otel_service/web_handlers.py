@@ -79,6 +79,8 @@ class Status:
     stats: Callable[[], IntakeStats]
     #: Each intake process: index, pid, alive, restarts.
     processes: Callable[[], list[dict[str, Any]]]
+    #: Why not every intake process is serving (readiness problems).
+    intake_problems: Callable[[], list[str]]
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -250,6 +252,7 @@ async def ready(status: Status, request: web.BaseRequest) -> web.Response:
     problems = []
     if service.intake.closed:
         problems.append("shutting down")
+    problems.extend(status.intake_problems())
     if not status.runner.alive():
         problems.append("export worker not running")
     fill = service.intake.fill_ratio

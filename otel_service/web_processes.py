@@ -86,6 +86,7 @@ class IntakeGroup:
         self._watching: asyncio.Task[None] | None = None
         self._status_runner: web.ServerRunner | None = None
         self._port = settings.port
+        self._started = False
 
     def __len__(self) -> int:
         """How many intake processes besides this one."""
@@ -114,6 +115,7 @@ class IntakeGroup:
         for index in _others(self._settings):
             await self._until_listening(index)
         self._watching = asyncio.create_task(self._watch())
+        self._started = True
 
     def _spawn(self, index: int) -> None:
         process = get_context("spawn").Process(
@@ -150,10 +152,16 @@ class IntakeGroup:
             await asyncio.sleep(seconds)
 
     async def _merge(self) -> int:
-        copied = self.merger.copy()
-        if copied and self._fsync:
-            await asyncio.to_thread(self._writer.sync)
-        self.merger.commit()
+        """One copy of every shard; 0 when nothing was copied. A failure to write the main spool
+        (disk full) is logged and tried again later: the events wait in their shards meanwhile."""
+        try:
+            copied = self.merger.copy()
+            if copied and self._fsync:
+                await asyncio.to_thread(self._writer.sync)
+            self.merger.commit()
+        except OSError as exc:
+            _log.warning("cannot copy spool shards into the main spool: %s", exc.strerror)
+            return 0
         return copied
 
     async def stop(self, timeout: float) -> None:
@@ -184,6 +192,13 @@ class IntakeGroup:
         while await self._merge():
             pass
         self.merger.close()
+
+    def problems(self) -> list[str]:
+        """Why the intake is not at full strength: processes still starting, or not running."""
+        if len(self) and not self._started:
+            return ["intake processes starting"]
+        dead = [index for index, process in sorted(self._processes.items()) if not process.is_alive()]
+        return [f"intake process {index} not running" for index in dead]
 
     # -- counters ------------------------------------------------------------------------------
 

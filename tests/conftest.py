@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +114,92 @@ async def start_app(
     yield start
     for app in apps:
         await app.stop()
+
+
+# -- the command as a real process ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "otel_service", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def wait_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"sidecar on port {port} not ready in {timeout} s")
+
+
+class Sidecar:
+    """An ``otel-service serve`` process on a free port."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def post(
+        self, path: str, body: object, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            body: bytes = response.read()
+            return body
+
+
+@pytest.fixture
+def sidecar_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **FAST_EXPORT,
+        "OTELSVC_EXPORT_MODE": "process",
+        "OTELSVC_SPOOL_DIR": str(tmp_path / "spool"),
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # only the shutdown flush exports metrics
+    }
+
+
+@pytest.fixture
+def serve(sidecar_env: dict[str, str]) -> Iterator[Callable[..., Sidecar]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**env: str) -> Sidecar:
+        port = free_port()
+        process = run_cli("serve", "--port", str(port), env={**sidecar_env, **env})
+        started.append(process)
+        try:
+            wait_ready(port)
+        except AssertionError:
+            process.kill()
+            _out, err = process.communicate()
+            raise AssertionError(err.decode()) from None
+        return Sidecar(process, port)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -3,106 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from otel_service import __version__
 from otel_service.testing import OtlpReceiver
 
-from .conftest import FAST_EXPORT
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cli(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "otel_service", *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,  # type: ignore[call-overload]
-    )
-
-
-def _wait_ready(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"sidecar on port {port} not ready in {timeout} s")
-
-
-class Sidecar:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
-        self.port = port
-
-    def post(
-        self, path: str, body: object, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, object]]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **(headers or {})},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-            body: bytes = response.read()
-            return body
-
-
-@pytest.fixture
-def sidecar_env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **FAST_EXPORT,
-        "OTELSVC_EXPORT_MODE": "process",
-        "OTELSVC_SPOOL_DIR": str(tmp_path / "spool"),
-        "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # only the shutdown flush exports metrics
-    }
-
-
-@pytest.fixture
-def serve(sidecar_env: dict[str, str]) -> Iterator[callable]:  # type: ignore[valid-type]
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(**env: str) -> Sidecar:
-        port = _free_port()
-        process = _cli("serve", "--port", str(port), env={**sidecar_env, **env})
-        started.append(process)
-        try:
-            _wait_ready(port)
-        except AssertionError:
-            process.kill()
-            _out, err = process.communicate()
-            raise AssertionError(err.decode()) from None
-        return Sidecar(process, port)
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+from .conftest import free_port, run_cli
 
 
 def test_version() -> None:
@@ -115,7 +26,7 @@ def test_version() -> None:
 
 def test_refuses_to_bind_beyond_loopback_without_a_token(sidecar_env: dict[str, str]) -> None:
     """Binding 0.0.0.0 without OTELSVC_AUTH_TOKEN exits 2 with a clear message."""
-    process = _cli("serve", "--host", "0.0.0.0", "--port", str(_free_port()), env=sidecar_env)
+    process = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=sidecar_env)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert b"OTELSVC_AUTH_TOKEN" in err
@@ -125,7 +36,7 @@ def test_a_taken_port_exits_2_with_a_clear_message(sidecar_env: dict[str, str]) 
     """Another process listening on the port: exit 2 naming the address, no traceback."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        process = _cli("serve", "--port", str(port), env=sidecar_env)
+        process = run_cli("serve", "--port", str(port), env=sidecar_env)
         _, err = process.communicate(timeout=60)
     assert process.returncode == 2, err.decode()
     assert f"cannot listen on 127.0.0.1:{port}".encode() in err

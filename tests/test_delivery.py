@@ -20,7 +20,7 @@ import pytest
 
 from otel_service.testing import Failure, OtlpReceiver
 
-from .conftest import FAST_EXPORT, Harness, StartApp
+from .conftest import FAST_EXPORT, Harness, StartApp, free_port
 
 EVENT = {"kind": "llm_call", "model": "gpt-4o", "duration_ms": 12, "input_tokens": 5, "business_id": "b"}
 DURATION = "gen_ai.client.operation.duration"
@@ -191,14 +191,6 @@ async def test_spool_age_bound_refuses_new_events(receiver: OtlpReceiver, start_
 # -- kill -9 of the whole sidecar, with real processes ------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as stderr:
         process = subprocess.Popen(
@@ -244,7 +236,7 @@ def test_kill_9_mid_load_then_restart_loses_nothing(receiver: OtlpReceiver, tmp_
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_METRIC_EXPORT_INTERVAL": "300",
     }
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     process = _serve(port, env, log)
     accepted = 0
@@ -316,7 +308,7 @@ def test_sigterm_with_collector_down_keeps_the_rest_for_the_next_start(
         "OTELSVC_SHUTDOWN_TIMEOUT": "2",
     }
     log = tmp_path / "serve.log"
-    port = _free_port()
+    port = free_port()
     receiver.fail(Failure(count=10**9))
     process = _serve(port, env, log)
     accepted = sum(_post(port, [EVENT] * 25) for _ in range(4))

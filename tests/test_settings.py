@@ -80,6 +80,7 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "OTELSVC_SPOOL_FSYNC": ("always", {"spool_fsync": "always"}),
     "OTELSVC_SPOOL_MAX_AGE": ("600", {"spool_max_age": 600.0}),
     "OTELSVC_EXPORT_MODE": ("thread", {"export_mode": "thread"}),
+    "OTELSVC_INTAKE_PROCESSES": ("2", {"intake_processes": 2}),
     "OTELSVC_MAX_BODY_BYTES": ("2048", {"max_body_bytes": 2048}),
     "OTELSVC_MAX_BATCH_ITEMS": ("10", {"limits": Limits(max_items=10)}),
     "OTELSVC_MAX_TENANTS": ("5", {"max_tenants": 5}),
