@@ -1256,6 +1256,47 @@ def test_sidecar_kill_9_under_load_loses_nothing(stack: Stack) -> None:
     assert stack.prom_query("otel_service_dropped_total") == []
 
 
+def test_two_intake_processes_deliver_and_count_every_event_once(stack: Stack) -> None:
+    """OTELSVC_INTAKE_PROCESSES=2 through the real collector: every event once in Loki and Prometheus."""
+    sidecar = stack.component("sidecar")
+    original = dict(sidecar.env)
+    sidecar.env["OTELSVC_INTAKE_PROCESSES"] = "2"
+    stack.restart("sidecar")
+    try:
+        n = 120
+        ids = [f"e2e-multi-{RUN_ID}-{i:03d}" for i in range(n)]
+        for cid in ids:  # a connection per request: the kernel spreads them over both processes
+            event = {
+                "kind": "llm_call",
+                "model": "gpt-4.1-mini",
+                "duration_ms": 12,
+                "input_tokens": 5,
+                "output_tokens": 2,
+                "cost_usd": 0.0,
+                "business_id": "e2e-multi",
+                "correlation_id": cid,
+            }
+            assert stack.post("/v1/events", event).status == 202
+        time.sleep(0.6)  # the second process publishes its counts every 0.25 s
+        detail = http_request(
+            "GET", stack.sidecar_url + "/health/detailed", headers={"Authorization": f"Bearer {stack.token}"}
+        ).json()
+        assert [p["requests"] > 0 for p in detail["intake_processes"]] == [True, True], detail
+        assert detail["events"]["accepted"].get("llm_call", 0) >= n
+
+        def logs() -> None:
+            got = loki_correlation_ids(stack, "e2e-multi")
+            assert got == Counter(dict.fromkeys(ids, 1)), f"{len(got)} of {n} lines, or duplicates"
+
+        eventually(stack, "every line of both intake processes in Loki", logs, timeout=90, interval=2)
+        expected = {'sum(ai_requests_total{business_id="e2e-multi"})': n}
+        eventually(stack, "counted once", lambda: assert_metrics(stack, expected), timeout=60, interval=2)
+    finally:
+        sidecar.env.clear()
+        sidecar.env.update(original)
+        stack.restart("sidecar")
+
+
 # -------------------------------------------------------------------- rules and dashboard queries
 
 #: Dashboard queries (variables filled in) that cannot have data in a test run, and why. Each must
