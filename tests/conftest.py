@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from otel_service import Settings
+from otel_service._events import Event
+from otel_service._records import Envelope
 from otel_service._runner import ThreadRunner, build_worker
 from otel_service._telemetry import create_metrics, create_resource
 from otel_service.testing import OtlpReceiver
@@ -82,6 +85,20 @@ def point_values(data: MetricsData, name: str) -> dict[frozenset[tuple[str, Any]
 
 
 StartApp = Callable[..., Awaitable[Harness]]
+
+
+def envelope(n: int, **event: Any) -> Envelope:
+    """The ``n``-th spooled LLM call (trace ID ``n + 1``, correlation ID ``c-n``)."""
+    return Envelope(
+        event=msgspec.convert({"kind": "llm_call", "model": "gpt-4o", "duration_ms": 100, **event}, Event),
+        trace_id=f"{n + 1:032x}",
+        span_id=f"{n + 1:016x}",
+        parent_span_id=None,
+        correlation_id=f"c-{n}",
+        end_ns=time.time_ns(),
+        received_ns=time.time_ns(),
+        source="events",
+    )
 
 
 async def start_in_process(settings: Settings, log: io.BytesIO) -> tuple[App, ThreadRunner]:

@@ -21,32 +21,27 @@ from otel_service._intake import IntakeStats
 from otel_service._records import Envelope, decode_envelope, encode_envelope
 from otel_service._shards import ShardMerger, shard_dir
 from otel_service._spool import SpoolReader, SpoolWriter
-from otel_service._validation import Limits, parse_batch
 from otel_service.testing import Failure, OtlpReceiver
 
-from .conftest import Sidecar, StartApp, free_port, run_cli, wait_ready
+from .conftest import Sidecar, StartApp, envelope, free_port, run_cli, wait_ready
 
 EVENT = {"kind": "llm_call", "model": "gpt-4o", "duration_ms": 20, "input_tokens": 3, "output_tokens": 4}
 
 
 def _envelopes(count: int) -> list[bytes]:
-    parsed = parse_batch(json.dumps([EVENT] * count).encode(), ndjson=False, now=time.time(), limits=Limits())
-    return [
-        encode_envelope(
-            Envelope(
-                event=item.event,
-                trace_id=f"{n + 1:032x}",
-                span_id=f"{n + 1:016x}",
-                parent_span_id=None,
-                correlation_id=f"cid-{n}",
-                end_ns=time.time_ns(),
-                received_ns=time.time_ns(),
-                source="events",
-            )
-        )
-        for n, item in enumerate(parsed)
-        if item.event is not None
-    ]
+    return [encode_envelope(envelope(n)) for n in range(count)]
+
+
+def _spools(tmp_path: Path, records: int) -> tuple[Path, SpoolWriter, SpoolWriter]:
+    """The main spool's path, shard 1 holding ``records`` events, and the main spool's writer."""
+    spool = tmp_path / "spool"
+    shard = SpoolWriter(shard_dir(spool, 1))
+    shard.append(_envelopes(records))
+    return spool, shard, SpoolWriter(spool)
+
+
+def _merger(main: SpoolWriter, spool: Path) -> ShardMerger:
+    return ShardMerger(main, lambda: [shard_dir(spool, 1)])
 
 
 def _main_records(spool: Path) -> list[Envelope]:
@@ -63,30 +58,24 @@ def _main_records(spool: Path) -> list[Envelope]:
 
 def test_shard_records_are_copied_into_the_main_spool_once(tmp_path: Path) -> None:
     """What a shard holds lands in the main spool once; a second copy finds nothing new."""
-    spool = tmp_path / "spool"
-    shard = SpoolWriter(shard_dir(spool, 1))
-    shard.append(_envelopes(3))
-    main = SpoolWriter(spool)
-    merger = ShardMerger(main, lambda: [shard_dir(spool, 1)])
+    spool, _, main = _spools(tmp_path, 3)
+    merger = _merger(main, spool)
     assert merger.copy() == 3
     merger.commit()
     assert merger.copy() == 0
     merger.close()
-    assert [e.correlation_id for e in _main_records(spool)] == ["cid-0", "cid-1", "cid-2"]
+    assert [e.correlation_id for e in _main_records(spool)] == ["c-0", "c-1", "c-2"]
     assert (merger.copied, merger.duplicates) == (3, 0)
 
 
 def test_a_copy_cut_short_by_a_crash_is_copied_again_and_counted(tmp_path: Path) -> None:
     """Appended but not committed when the process died: copied again, counted as possible duplicates."""
-    spool = tmp_path / "spool"
-    shard = SpoolWriter(shard_dir(spool, 1))
-    shard.append(_envelopes(2))
-    main = SpoolWriter(spool)
-    crashed = ShardMerger(main, lambda: [shard_dir(spool, 1)])
+    spool, shard, main = _spools(tmp_path, 2)
+    crashed = _merger(main, spool)
     assert crashed.copy() == 2
     crashed.close()  # no commit: the process died between the append and the cursor
     shard.append(_envelopes(1))
-    restarted = ShardMerger(main, lambda: [shard_dir(spool, 1)])
+    restarted = _merger(main, spool)
     assert restarted.copy() == 3
     restarted.commit()
     restarted.close()
@@ -284,11 +273,8 @@ def test_status_endpoints_agree_whichever_process_answers(grouped: Sidecar) -> N
 
 def test_a_failed_append_copies_the_batch_again_later(tmp_path: Path) -> None:
     """The main spool refusing a write (disk full) loses nothing: the next copy takes the same records."""
-    spool = tmp_path / "spool"
-    shard = SpoolWriter(shard_dir(spool, 1))
-    shard.append(_envelopes(2))
-    main = SpoolWriter(spool)
-    merger = ShardMerger(main, lambda: [shard_dir(spool, 1)])
+    spool, _, main = _spools(tmp_path, 2)
+    merger = _merger(main, spool)
     real_append = main.append
 
     def full(payloads: Any) -> int:

@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_service import _recorder
-from otel_service._events import Event
 from otel_service._instruments import WorkerInstruments
 from otel_service._logging import EventLogger
 from otel_service._pricing import load_price_table
 from otel_service._recorder import Recorder
-from otel_service._records import Envelope
 from otel_service._telemetry import Metrics, create_metrics, create_resource, shutdown_quietly
 
-from .conftest import make_settings, point_values
+from .conftest import envelope, make_settings, point_values
 
 
 @pytest.fixture
@@ -42,19 +38,6 @@ def make_recorder(metrics: Metrics, log: io.BytesIO, **limits: int) -> Recorder:
         logger=EventLogger(log),
         service_name="svc",
         **limits,
-    )
-
-
-def envelope(n: int, **event: Any) -> Envelope:
-    return Envelope(
-        event=msgspec.convert({"kind": "llm_call", "model": "gpt-4o", "duration_ms": 100, **event}, Event),
-        trace_id=f"{n + 1:032x}",
-        span_id=f"{n + 1:016x}",
-        parent_span_id=None,
-        correlation_id=f"c-{n}",
-        end_ns=time.time_ns(),
-        received_ns=time.time_ns(),
-        source="events",
     )
 
 
