@@ -13,7 +13,7 @@ its own.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def forget_published(directory: Path) -> None:
 class ShardMerger:
     """Copies records from shards into the main spool's writer (on the writer's thread)."""
 
-    def __init__(self, writer: SpoolWriter, shards: Callable[[], list[Path]]) -> None:
+    def __init__(self, writer: SpoolWriter, shards: Sequence[Path]) -> None:
         self._writer = writer
         self._shards = shards
         self._readers: dict[Path, SpoolReader] = {}
@@ -80,7 +80,7 @@ class ShardMerger:
         self.corrupt_bytes = 0
 
     def _open(self) -> Iterator[SpoolReader]:
-        for directory in self._shards():
+        for directory in self._shards:
             reader = self._readers.get(directory)
             if reader is None:
                 reader = self._readers[directory] = SpoolReader(directory)

@@ -8,17 +8,15 @@ import contextlib
 import psutil
 from aiohttp import web
 
-from ._group_commit import GroupCommit
 from ._instruments import IntakeInstruments
 from ._intake import Intake
-from ._rate_limit import RateLimiter
 from ._runner import ExportRunner
 from ._settings import Settings
 from ._spool import SpoolWriter
 from ._telemetry import Metrics, shutdown_quietly
 from ._version import __version__
-from .web_boundary import create_handler, create_status_handler
-from .web_handlers import Service, Status, intake_routes, status_routes
+from .web_boundary import create_status_handler
+from .web_handlers import Service, Status, group_commit, intake_handler, intake_routes, status_routes
 from .web_processes import IntakeGroup, intake_spools
 from .web_server import SERVER_OPTIONS, CannotListen, listen, sync_every
 
@@ -32,22 +30,14 @@ class App:
     def __init__(
         self, service: Service, status: Status, group: IntakeGroup, writer: SpoolWriter, metrics: Metrics
     ) -> None:
-        settings = self.settings = service.settings
+        self.settings = service.settings
         self.service = service
         self.status = status
         self.group = group
         self._writer = writer
         self._metrics = metrics
         self._fsync_loop: asyncio.Task[None] | None = None
-        self.handle = create_handler(
-            {**intake_routes(service), **status_routes(status)},
-            stats=service.intake.stats,
-            instruments=service.instruments,
-            histograms=service.histograms,
-            auth_token=settings.auth_token,
-            limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
-            cors_origins=settings.cors_origins,
-        )
+        self.handle = intake_handler(service, {**intake_routes(service), **status_routes(status)})
         #: What the other intake processes reach over the unix socket: the status endpoints.
         self.handle_status = create_status_handler(status_routes(status))
 
@@ -106,7 +96,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         intake,
         instruments,
         metrics.histograms,
-        commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
+        commit=group_commit(settings, writer),
     )
     status = Status(
         service, runner, metrics.registry, psutil.Process(), group.stats, group.processes, group.problems

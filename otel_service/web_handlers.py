@@ -26,13 +26,24 @@ from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
 from ._intake import Intake, IntakeStats
 from ._openapi import openapi_document
+from ._rate_limit import RateLimiter
 from ._runner import ExportRunner
 from ._settings import Settings
+from ._spool import SpoolWriter
 from ._validation import parse_batch, parse_track
 from ._version import __version__
-from .web_boundary import Routes, json_response
+from .web_boundary import Handler, Routes, create_handler, json_response
 
-__all__ = ["STATUS_PATHS", "Forwarder", "Service", "Status", "intake_routes", "status_routes"]
+__all__ = [
+    "STATUS_PATHS",
+    "Forwarder",
+    "Service",
+    "Status",
+    "group_commit",
+    "intake_handler",
+    "intake_routes",
+    "status_routes",
+]
 
 _JSON_TYPES = frozenset({"application/json"})
 #: zlib ``wbits`` per accepted Content-Encoding (None: as is).
@@ -81,6 +92,25 @@ class Status:
     processes: Callable[[], list[dict[str, Any]]]
     #: Why not every intake process is serving (readiness problems).
     intake_problems: Callable[[], list[str]]
+
+
+def group_commit(settings: Settings, writer: SpoolWriter) -> GroupCommit | None:
+    """What ``Service.commit`` is under the fsync policy: group commits only with ``always``."""
+    return GroupCommit(writer.sync) if settings.spool_fsync == "always" else None
+
+
+def intake_handler(service: Service, routes: Routes) -> Handler:
+    """The server's one handler for ``routes``: guarded, counted and timed as ``service``'s settings ask."""
+    settings = service.settings
+    return create_handler(
+        routes,
+        stats=service.intake.stats,
+        instruments=service.instruments,
+        histograms=service.histograms,
+        auth_token=settings.auth_token,
+        limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
+        cors_origins=settings.cors_origins,
+    )
 
 
 def _iso(seconds: float | None) -> str | None:

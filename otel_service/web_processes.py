@@ -28,17 +28,15 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.metrics import NoOpMeter
 
-from ._group_commit import GroupCommit
 from ._histograms import HistogramSet
 from ._instruments import IntakeInstruments
 from ._intake import Intake, IntakeStats
-from ._rate_limit import RateLimiter
 from ._settings import Settings
 from ._shards import ShardMerger, forget_published, publish, read_published, shard_dir, shard_dirs
 from ._spool import SpoolWriter
 from ._version import __version__
-from .web_boundary import Handler, create_handler
-from .web_handlers import Forwarder, Service, intake_routes
+from .web_boundary import Handler
+from .web_handlers import Forwarder, Service, group_commit, intake_handler, intake_routes
 from .web_server import (
     SERVER_OPTIONS,
     CannotListen,
@@ -79,8 +77,8 @@ class IntakeGroup:
         self._processes: dict[int, BaseProcess] = {}
         self._restarts: Counter[int] = Counter()
         #: Shards of this run's processes, and any left by an earlier run with more of them.
-        shards = intake_spools(settings)[1:]
-        self.merger = ShardMerger(writer, lambda: shards)
+        self._shards = intake_spools(settings)[1:]
+        self.merger = ShardMerger(writer, self._shards)
         self._fsync = settings.spool_fsync != "never"
         self._merging: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
@@ -96,7 +94,7 @@ class IntakeGroup:
 
     def start_merging(self) -> None:
         """Copy shards into the main spool from now on (also what an earlier run left behind)."""
-        if self._merging is None and (len(self) or shard_dirs(self._settings.spool_dir)):
+        if self._merging is None and self._shards:
             self._merging = asyncio.create_task(self._merge_every(_MERGE_SECONDS))
 
     async def start(self, port: int, status_handler: Handler) -> None:
@@ -292,18 +290,10 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
         intake,
         instruments,
         histograms,
-        commit=GroupCommit(writer.sync) if settings.spool_fsync == "always" else None,
+        commit=group_commit(settings, writer),
     )
     forwarder = Forwarder(socket_path)
-    handler = create_handler(
-        {**intake_routes(service), **forwarder.routes()},
-        stats=stats,
-        instruments=instruments,
-        histograms=histograms,
-        auth_token=settings.auth_token,
-        limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
-        cors_origins=settings.cors_origins,
-    )
+    handler = intake_handler(service, {**intake_routes(service), **forwarder.routes()})
 
     def publish_counters() -> None:
         with histograms.lock:

@@ -41,7 +41,7 @@ def _spools(tmp_path: Path, records: int) -> tuple[Path, SpoolWriter, SpoolWrite
 
 
 def _merger(main: SpoolWriter, spool: Path) -> ShardMerger:
-    return ShardMerger(main, lambda: [shard_dir(spool, 1)])
+    return ShardMerger(main, [shard_dir(spool, 1)])
 
 
 def _main_records(spool: Path) -> list[Envelope]:
