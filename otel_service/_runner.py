@@ -28,7 +28,7 @@ from ._instruments import WorkerInstruments, register_observables
 from ._logging import create_event_logger
 from ._pricing import load_price_table
 from ._recorder import Recorder
-from ._sender import create_sender
+from ._sender import Sender, create_sender
 from ._settings import Settings
 from ._spool import SpoolReader, stats
 from ._telemetry import Metrics, create_metrics, create_resource, resource_proto, shutdown_quietly
@@ -50,8 +50,10 @@ def build_worker(
     *,
     extra_readers: Sequence[MetricReader] = (),
     log_stream: Any = None,
+    sender: Sender | None = None,
 ) -> WorkerParts:
-    """Everything the export side needs, wired from settings."""
+    """Everything the export side needs, wired from settings (``sender``: instead of the one the
+    OTLP settings describe)."""
     metrics = create_metrics(settings, resource, scope="otel_service.export", extra_readers=extra_readers)
     meter = metrics.provider.get_meter("otel_service.export", __version__)
     instruments = WorkerInstruments.create(meter, metrics.histograms)
@@ -64,7 +66,7 @@ def build_worker(
         max_tenants=settings.max_tenants,
         max_label_values=settings.max_label_values,
     )
-    sender = (
+    sender = sender or (
         create_sender(
             settings.otlp_endpoint,
             settings.otlp_protocol,

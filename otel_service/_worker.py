@@ -6,13 +6,18 @@ collector accepts them. The spool's committed cursor moves past an event only on
 are delivered *and* a metric push that includes its contributions succeeded, so a crash loses nothing:
 on restart, events already delivered are replayed into the metrics only, and events that were being
 sent are sent again (counted as possible duplicates).
+
+Delivery runs in a thread of its own, one batch behind: while the collector answers one batch, the
+next is recorded and encoded. Batches are delivered in spool order, so the delivered position only
+ever moves forward over a prefix.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +34,8 @@ from ._version import __version__
 __all__ = ["ExportStatus", "ExportWorker"]
 
 _POLL_SECONDS = 0.005
+#: How often a thread blocked on the delivery queue looks at the stop flags.
+_QUEUE_WAIT = 0.05
 _BACKOFF_START = 0.25
 _BACKOFF_MAX = 30.0
 
@@ -69,6 +76,18 @@ class ExportStatus:
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A recorded batch waiting for delivery."""
+
+    payloads: dict[str, bytes]
+    counts: dict[str, int]
+    end: Position
+    #: Records it covers that were not delivered before a restart (for the queued-items count).
+    records: int
+    oldest_ns: int
 
 
 class ExportWorker:
@@ -118,17 +137,29 @@ class ExportWorker:
         #: (pull only), as soon as they are recorded.
         self._metrics_pushed = metrics_pushed
         self._metrics_done = cursor.metrics
-        #: Intake time of the oldest record not yet delivered (None when caught up).
-        self.oldest_pending_ns: int | None = None
         #: Records after the delivered position, counted incrementally up to ``_counted_to``.
         self._queued = 0
         self._counted_to = cursor.delivered
         self._queue_lock = threading.Lock()
+        #: Recorded batches for the delivery thread: one waits while another is being sent.
+        self._outbox: queue.Queue[_Batch] = queue.Queue(maxsize=1)
+        #: Intake times of the first event of each batch handed to delivery and not delivered yet.
+        self._undelivered: deque[int] = deque()
+        #: Set when ``run`` has nothing more to hand over; the delivery thread then empties the
+        #: outbox and ends.
+        self._handed_over = threading.Event()
+        #: Set by the delivery thread when it gave up at the stop deadline: later batches stay in
+        #: the spool too (delivery is in order).
+        self._gave_up = threading.Event()
 
     # -- control -------------------------------------------------------------------------------
 
     def run(self) -> None:
         """Work until ``stop`` is called and the spool is drained (or the stop deadline passes)."""
+        delivery = None
+        if self._sender is not None:
+            delivery = threading.Thread(target=self._deliver_batches, name="otel-export-send", daemon=True)
+            delivery.start()
         try:
             while True:
                 processed = self.step()
@@ -142,6 +173,10 @@ class ExportWorker:
                 if self._past_deadline():
                     break
         finally:
+            self._handed_over.set()
+            if delivery is not None:
+                delivery.join()  # each send is bounded by the exporter timeout, retries by the deadline
+            self.save_cursor()
             self.status.state = "stopped"
 
     def stop(self, timeout: float) -> None:
@@ -209,7 +244,6 @@ class ExportWorker:
             self._reader.corrupt_bytes = 0
             self._drop("all", "corrupt_spool_bytes", corrupt)
         if not payloads:
-            self.oldest_pending_ns = None
             return 0
         envelopes: list[Envelope] = []
         kept_ends: list[Position] = []
@@ -223,8 +257,6 @@ class ExportWorker:
         # whose spans and logs were delivered are not sent again (both are prefixes of the spool).
         counted = sum(1 for end in kept_ends if end <= self._metrics_before_start)
         replay = sum(1 for end in kept_ends if end <= self._delivered)
-        if envelopes:
-            self.oldest_pending_ns = envelopes[0].received_ns
         with self.metrics_lock:
             recorded = self._recorder.record(envelopes, replay=replay, counted=counted)
             self._recorded = ends[-1]
@@ -243,21 +275,57 @@ class ExportWorker:
                 self._m.duplicates.add(resent, {"signal": "traces_and_logs"})
             self._inflight = max(self._inflight, ends[-1])
             self.save_cursor()
-            payload_of = {
-                "traces": _otlp.traces_request(self._resource, self._scope, recorded.spans),
-                "logs": _otlp.logs_request(self._resource, self._scope, recorded.logs),
-            }
-            counts = {"traces": len(recorded.spans), "logs": len(recorded.logs)}
-            if not self._deliver(payload_of, counts):
+            batch = _Batch(
+                payloads={
+                    "traces": _otlp.traces_request(self._resource, self._scope, recorded.spans),
+                    "logs": _otlp.logs_request(self._resource, self._scope, recorded.logs),
+                },
+                counts={"traces": len(recorded.spans), "logs": len(recorded.logs)},
+                end=ends[-1],
+                records=len(payloads) - replay,
+                oldest_ns=envelopes[replay].received_ns,
+            )
+            if not self._hand_over(batch):
                 return 0  # stopping with the batch undelivered: it stays in the spool
-        self._delivered = max(self._delivered, ends[-1])
-        with self._queue_lock:  # keep _queued = records in [delivered, counted_to)
-            if ends[-1] <= self._counted_to:
-                self._queued -= len(payloads) - replay
-            else:
-                self._queued, self._counted_to = 0, ends[-1]
-        self.save_cursor()
+            return len(payloads)
+        self._mark_delivered(ends[-1], len(payloads) - replay)
         return len(payloads)
+
+    def _hand_over(self, batch: _Batch) -> bool:
+        """Queue ``batch`` for the delivery thread; ``False`` if delivery stopped first."""
+        self._undelivered.append(batch.oldest_ns)
+        while not self._gave_up.is_set():
+            try:
+                self._outbox.put(batch, timeout=_QUEUE_WAIT)
+                return True
+            except queue.Full:
+                if self._past_deadline():
+                    break
+        return False
+
+    def _deliver_batches(self) -> None:
+        """The delivery thread: sends each handed-over batch in order, then moves the cursor."""
+        while True:
+            try:
+                batch = self._outbox.get(timeout=_QUEUE_WAIT)
+            except queue.Empty:
+                if self._handed_over.is_set():
+                    return
+                continue
+            if not self._deliver(batch.payloads, batch.counts):
+                self._gave_up.set()  # stopping: this batch and any after it stay in the spool
+                return
+            self._undelivered.popleft()
+            self._mark_delivered(batch.end, batch.records)
+
+    def _mark_delivered(self, end: Position, records: int) -> None:
+        self._delivered = max(self._delivered, end)
+        with self._queue_lock:  # keep _queued = records in [delivered, counted_to)
+            if end <= self._counted_to:
+                self._queued -= records
+            else:
+                self._queued, self._counted_to = 0, end
+        self.save_cursor()
 
     def _deliver(self, payloads: dict[str, bytes], counts: dict[str, int]) -> bool:
         assert self._sender is not None
@@ -317,9 +385,13 @@ class ExportWorker:
             return self._queued
 
     def oldest_age(self) -> float:
-        """Seconds since the oldest undelivered event was accepted (0 when caught up)."""
-        oldest = self.oldest_pending_ns
-        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e9)
+        """Seconds since the oldest event handed to delivery and not delivered yet was accepted
+        (0 when caught up)."""
+        try:
+            oldest = self._undelivered[0]
+        except IndexError:
+            return 0.0
+        return max(0.0, time.time() - oldest / 1e9)
 
     def spool_json(self) -> dict[str, Any]:
         current = stats(self._reader.directory)

@@ -1,0 +1,91 @@
+"""The export worker's delivery thread: the next batch is recorded while one is sent, in spool order."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_service._records import encode_envelope
+from otel_service._runner import build_worker
+from otel_service._sender import SendResult
+from otel_service._settings import Settings
+from otel_service._spool import SpoolWriter, end_position
+from otel_service._telemetry import create_resource
+
+from .conftest import envelope
+
+
+class GatedSender:
+    """Holds the first request until released; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, signal: str, payload: bytes) -> SendResult:
+        self.release.wait(10)
+        self.sent.append((signal, payload))
+        return SendResult(True)
+
+    def close(self) -> None:
+        pass
+
+
+def _trace_ids(payload: bytes) -> list[str]:
+    request = ExportTraceServiceRequest.FromString(payload)
+    spans = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    return [span.trace_id.hex() for span in spans]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_spool_order(
+    tmp_path: Path,
+) -> None:
+    """Batch 2 is recorded while batch 1 waits for its answer; the cursor passes each only once sent."""
+    writer = SpoolWriter(tmp_path)
+    writer.append([encode_envelope(envelope(n)) for n in range(8)])
+    settings = Settings.from_env(
+        {
+            "OTELSVC_SPOOL_DIR": str(tmp_path),
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
+            "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "4",
+            "OTEL_BSP_SCHEDULE_DELAY": "0",
+        }
+    )
+    sender = GatedSender()
+    log = io.BytesIO()
+    parts = build_worker(settings, create_resource(settings, "t"), log_stream=log, sender=sender)
+    worker = parts.worker
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        end = end_position(tmp_path)
+        assert _wait(lambda: worker.metrics_checkpoint() >= end)  # both batches recorded...
+        assert sender.sent == []  # ...while the first is still unanswered
+        assert log.getvalue().count(b"\n") == 8
+        assert not worker.caught_up()
+        assert worker.status.to_json()["exported"] == {}
+        sender.release.set()
+        assert _wait(worker.caught_up)
+    finally:
+        sender.release.set()
+        worker.stop(5)
+        thread.join(10)
+    assert [signal for signal, _ in sender.sent] == ["traces", "logs", "traces", "logs"]
+    traces = [_trace_ids(payload) for signal, payload in sender.sent if signal == "traces"]
+    assert traces == [[f"{n + 1:032x}" for n in range(4)], [f"{n + 1:032x}" for n in range(4, 8)]]
+    assert worker.status.to_json()["exported"] == {"traces": 8, "logs": 8}
+    assert worker.queued_items() == 0
