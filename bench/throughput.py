@@ -5,7 +5,7 @@ single events and batches of 100 (wrk, closed loop), and latency at a fixed 500 
 loop). Afterwards it checks that every accepted event's span and log record reached the receiver.
 
     python bench/throughput.py [--duration 15] [--connections 32] [--protocol grpc] [--fsync never]
-                               [--intake-processes 1]
+                               [--intake-processes auto]
 """
 
 from __future__ import annotations
@@ -61,7 +61,12 @@ def get_json(url: str) -> dict:
 
 class Server:
     def __init__(
-        self, endpoint: str, protocol: str, fsync: str, spool_root: str | None, intake_processes: int
+        self,
+        endpoint: str,
+        protocol: str,
+        fsync: str,
+        spool_root: str | None,
+        intake_processes: str | None,
     ) -> None:
         self.port = free_port()
         self.spool = tempfile.mkdtemp(prefix="otelsvc-bench-", dir=spool_root)
@@ -70,13 +75,14 @@ class Server:
             "OTELSVC_PORT": str(self.port),
             "OTELSVC_SPOOL_DIR": self.spool,
             "OTELSVC_SPOOL_FSYNC": fsync,
-            "OTELSVC_INTAKE_PROCESSES": str(intake_processes),
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_METRIC_EXPORT_INTERVAL": "5000",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "OTEL_BLRP_SCHEDULE_DELAY": "200",
         }
+        if intake_processes is not None:  # else the sidecar's default
+            env["OTELSVC_INTAKE_PROCESSES"] = intake_processes
         self.process = subprocess.Popen(
             [sys.executable, "-m", "otel_service", "serve"],
             env=env,
@@ -235,10 +241,7 @@ def main() -> int:
     parser.add_argument("--fsync", default="never", choices=["never", "interval", "always"])
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument(
-        "--intake-processes",
-        type=int,
-        default=1,
-        help="OTELSVC_INTAKE_PROCESSES (default: 1, like the sidecar)",
+        "--intake-processes", default=None, help="OTELSVC_INTAKE_PROCESSES (default: the sidecar's, auto)"
     )
     parser.add_argument(
         "--spool-root", default=None, help="where the spool lives (e.g. /dev/shm: no disk I/O at all)"
@@ -288,7 +291,7 @@ def main() -> int:
         lost = sum(r["accepted"] - r["spans_delivered"] for r in rows)
         print(
             f"\nprotocol={args.protocol} fsync={args.fsync} spool={args.spool_root or tempfile.gettempdir()} "
-            f"cores={os.cpu_count()} intake_processes={args.intake_processes} "
+            f"cores={os.cpu_count()} intake_processes={len(detail['intake_processes'])} "
             f"dropped={detail['export']['dropped']} lost={lost}"
         )
         print(f"{'scenario':42} {'events/s':>9} {'delivered/s':>11} {'p50 ms':>7} {'p99 ms':>7} "

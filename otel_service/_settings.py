@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from ._validation import Limits
 
-__all__ = ["ENVIRONMENT", "Settings", "SettingsError"]
+__all__ = ["ENVIRONMENT", "Settings", "SettingsError", "usable_cpus"]
 
 ENVIRONMENT: dict[str, str] = {
     "OTEL_SERVICE_NAME": "service.name of everything exported (default: otel-service)",
@@ -40,8 +40,9 @@ ENVIRONMENT: dict[str, str] = {
     "OTELSVC_SPOOL_FSYNC": "never | interval | always: when to fsync the spool (default: never; "
     "a crash of the process loses nothing, a power loss may)",
     "OTELSVC_EXPORT_MODE": "process (export in a child process, default) or thread",
-    "OTELSVC_INTAKE_PROCESSES": "HTTP intake processes sharing the port (SO_REUSEPORT), 1..32; more "
-    "take more events/s on more cores; rate limits then apply per process (default: 1)",
+    "OTELSVC_INTAKE_PROCESSES": "HTTP intake processes sharing the port (SO_REUSEPORT), 1..32 or auto; "
+    "more take more events/s on more cores; rate limits then apply per process (default: auto = the "
+    "usable CPUs, at most 2)",
     "OTELSVC_MAX_BODY_BYTES": "largest request body after decompression (default: 1048576)",
     "OTELSVC_MAX_BATCH_ITEMS": "most events in one request (default: 1000)",
     "OTELSVC_MAX_TENANTS": "distinct business_id values kept as a metric label (default: 200)",
@@ -57,6 +58,10 @@ ENVIRONMENT: dict[str, str] = {
 
 
 MAX_INTAKE_PROCESSES = 32
+#: ``OTELSVC_INTAKE_PROCESSES=auto`` (the default) starts one per usable CPU, up to this many: two
+#: intake processes and the export process fill two cores; past that, measure before adding more.
+AUTO_INTAKE_PROCESSES = 2
+_CGROUP = Path("/sys/fs/cgroup")
 
 
 class SettingsError(ValueError):
@@ -94,6 +99,28 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def usable_cpus(cgroup: Path = _CGROUP) -> int:
+    """CPUs this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    try:
+        return max(1, min(cpus, -(-int(quota) // int(period))))
+    except (ValueError, ZeroDivisionError):
+        return cpus
+
+
+def _intake_processes(env: Mapping[str, str], cpus: int) -> int:
+    raw = env.get("OTELSVC_INTAKE_PROCESSES", "").strip().lower()
+    if raw in ("", "auto"):
+        return max(1, min(AUTO_INTAKE_PROCESSES, cpus))
+    return _int(env, "OTELSVC_INTAKE_PROCESSES", 1, 1)
 
 
 def _default_spool(env: Mapping[str, str]) -> Path:
@@ -146,8 +173,9 @@ class Settings:
         return min(self.span_batch_size, self.log_batch_size)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read every setting from ``env`` (default: ``os.environ``) and check them."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, cpus: int | None = None) -> Settings:
+        """Read every setting from ``env`` (default: ``os.environ``) and check them; ``cpus``: the
+        usable CPUs (default: measured)."""
         env = os.environ if env is None else env
         protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip() or "http/protobuf"
         if protocol not in ("grpc", "http/protobuf"):
@@ -187,7 +215,7 @@ class Settings:
             spool_max_age=float(_int(env, "OTELSVC_SPOOL_MAX_AGE", 86_400)),
             spool_fsync=fsync,
             export_mode=mode,
-            intake_processes=_int(env, "OTELSVC_INTAKE_PROCESSES", 1, 1),
+            intake_processes=_intake_processes(env, usable_cpus() if cpus is None else cpus),
             max_body_bytes=_int(env, "OTELSVC_MAX_BODY_BYTES", 1 << 20, 1024),
             limits=Limits(max_items=_int(env, "OTELSVC_MAX_BATCH_ITEMS", 1000, 1)),
             max_tenants=_int(env, "OTELSVC_MAX_TENANTS", 200, 1),

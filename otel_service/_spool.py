@@ -30,6 +30,7 @@ __all__ = [
     "end_position",
     "first_pending",
     "stats",
+    "writer_active",
 ]
 
 _HEADER = struct.Struct("<II")
@@ -80,6 +81,18 @@ def _lock(directory: Path, name: str) -> int:
         os.close(fd)
         raise SpoolLocked(f"{directory} is in use by another otel-service process") from None
     return fd
+
+
+def writer_active(directory: Path) -> bool:
+    """Whether a process holds ``directory``'s writer lock (a ``SpoolWriter`` is open on it)."""
+    try:
+        fd = _lock(directory, "writer.lock")
+    except SpoolLocked:
+        return True
+    except OSError:
+        return False
+    os.close(fd)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,7 @@ async def serve(app: App, stop: asyncio.Event) -> None:
     await runner.setup()
     await app.start()
     try:
+        await app.group.wait_for_predecessors(settings.shutdown_timeout + 2)
         port = await listen(runner, settings.host, settings.port, shared=len(app.group) > 0)
         await app.group.start(port, app.handle_status)
         await stop.wait()

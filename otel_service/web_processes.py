@@ -33,7 +33,7 @@ from ._instruments import IntakeInstruments
 from ._intake import Intake, IntakeStats
 from ._settings import Settings
 from ._shards import ShardMerger, forget_published, publish, read_published, shard_dir, shard_dirs
-from ._spool import SpoolWriter
+from ._spool import SpoolWriter, writer_active
 from ._version import __version__
 from .web_boundary import Handler
 from .web_handlers import Forwarder, Service, group_commit, intake_handler, intake_routes
@@ -96,6 +96,16 @@ class IntakeGroup:
         """Copy shards into the main spool from now on (also what an earlier run left behind)."""
         if self._merging is None and self._shards:
             self._merging = asyncio.create_task(self._merge_every(_MERGE_SECONDS))
+
+    async def wait_for_predecessors(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for intake processes of an earlier run that still write a
+        shard: orphans of a first process that was killed, which stop within ``PUBLISH_SECONDS`` and
+        free the port and their shards once their requests are done."""
+        deadline = time.monotonic() + timeout
+        while any(writer_active(shard) for shard in self._shards):
+            if time.monotonic() > deadline:
+                return  # whatever still holds them is reported when it gets in the way
+            await asyncio.sleep(0.05)
 
     async def start(self, port: int, status_handler: Handler) -> None:
         """Serve the status endpoints on the unix socket, start the other processes on ``port`` and wait

@@ -37,7 +37,10 @@ FAST_EXPORT = {
 
 
 def make_settings(tmp_path: Path, **env: str) -> Settings:
-    return Settings.from_env({"OTELSVC_SPOOL_DIR": str(tmp_path / "spool"), **FAST_EXPORT, **env})
+    """Settings of an in-process app: one intake process (``serve`` starts the others; tests that use
+    them run the real command)."""
+    base = {"OTELSVC_SPOOL_DIR": str(tmp_path / "spool"), "OTELSVC_INTAKE_PROCESSES": "1", **FAST_EXPORT}
+    return Settings.from_env({**base, **env})
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -248,6 +249,38 @@ def test_intake_processes_exit_when_the_first_is_killed_and_a_restart_delivers(
     finally:
         restarted.terminate()
         restarted.communicate(timeout=60)
+
+
+def test_a_restart_right_after_kill_9_waits_for_the_orphaned_intake_processes(
+    serve: Callable[..., Sidecar], receiver: OtlpReceiver, sidecar_env: dict[str, str]
+) -> None:
+    """kill -9 of the first process, restart at once on its port: it waits for the orphan to let go."""
+    env = {
+        "OTELSVC_INTAKE_PROCESSES": "2",
+        "OTELSVC_SHUTDOWN_TIMEOUT": "10",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    first = serve(**env)
+    _post_each_on_a_new_connection(first, 20)
+    orphan = _detailed(first)["intake_processes"][1]["pid"]
+    os.kill(orphan, signal.SIGSTOP)  # it holds the port and its shard until it runs again
+    first.process.kill()
+    first.process.wait(timeout=30)  # its children hold its output pipes: no communicate() yet
+    restarted = run_cli("serve", "--port", str(first.port), env={**sidecar_env, **env})
+    try:
+        time.sleep(4)
+        assert restarted.poll() is None, restarted.communicate()[1].decode()  # waiting, not refused
+        os.kill(orphan, signal.SIGCONT)
+        wait_ready(first.port)
+        assert receiver.wait_for_spans(20, timeout=30)
+        assert len({s.span_id for s in receiver.spans()}) == 20
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGCONT)
+        restarted.terminate()
+        restarted.communicate(timeout=60)
+        first.process.communicate(timeout=30)
 
 
 def test_several_intake_processes_refuse_a_taken_port(sidecar_env: dict[str, str]) -> None:

@@ -20,12 +20,12 @@ DEFAULT = Settings(spool_dir=Path("/state/otel-service/spool"))
 
 
 def _from(**env: str) -> Settings:
-    return Settings.from_env({**BASE, **env})
+    return Settings.from_env({**BASE, **env}, cpus=1)  # auto: one intake process, as in DEFAULT
 
 
 def test_defaults() -> None:
     """An empty environment gives loopback:5001, http/protobuf, no OTLP endpoint and the documented values."""
-    settings = Settings.from_env(BASE)
+    settings = _from()
     assert settings == DEFAULT
     assert (settings.host, settings.port, settings.otlp_protocol, settings.otlp_endpoint) == (
         "127.0.0.1",
@@ -80,7 +80,7 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "OTELSVC_SPOOL_FSYNC": ("always", {"spool_fsync": "always"}),
     "OTELSVC_SPOOL_MAX_AGE": ("600", {"spool_max_age": 600.0}),
     "OTELSVC_EXPORT_MODE": ("thread", {"export_mode": "thread"}),
-    "OTELSVC_INTAKE_PROCESSES": ("2", {"intake_processes": 2}),
+    "OTELSVC_INTAKE_PROCESSES": ("3", {"intake_processes": 3}),
     "OTELSVC_MAX_BODY_BYTES": ("2048", {"max_body_bytes": 2048}),
     "OTELSVC_MAX_BATCH_ITEMS": ("10", {"limits": Limits(max_items=10)}),
     "OTELSVC_MAX_TENANTS": ("5", {"max_tenants": 5}),
@@ -261,3 +261,30 @@ def test_settings_are_frozen() -> None:
     settings = _from()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("value", "cpus", "expected"), [("", 1, 1), ("", 2, 2), ("auto", 16, 2), ("AUTO", 1, 1)]
+)
+def test_intake_processes_default_to_the_usable_cpus_at_most_two(
+    value: str, cpus: int, expected: int
+) -> None:
+    """OTELSVC_INTAKE_PROCESSES unset or auto: one per usable CPU, at most two; a number is taken as is."""
+    assert (
+        Settings.from_env({**BASE, "OTELSVC_INTAKE_PROCESSES": value}, cpus=cpus).intake_processes == expected
+    )
+    assert Settings.from_env({**BASE, "OTELSVC_INTAKE_PROCESSES": "4"}, cpus=cpus).intake_processes == 4
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", 64), ("150000 100000\n", 2), ("50000 100000\n", 1), ("800000 100000\n", 8), (None, 64)],
+)
+def test_usable_cpus_honour_a_cgroup_quota(
+    cpu_max: str | None, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's cgroup v2 CPU quota (cpu.max) bounds the CPUs counted, rounded up; none: the affinity."""
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _: set(range(64)))
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    assert settings_module.usable_cpus(tmp_path) == expected
