@@ -111,6 +111,11 @@ def key_values(attributes: Mapping[str, Value | None], tag: bytes) -> bytes:
             if size < 128:
                 append(b"".join((tag, small[size], key_field, b"\x12", small[n + 1], b"\x18", raw)))
                 continue
+        elif kind is float:
+            size = len(key_field) + 11
+            if size < 128:
+                append(b"".join((tag, small[size], key_field, b"\x12\x09\x21", _DOUBLE.pack(value))))
+                continue
         append(_len(tag, key_field + _len(b"\x12", _any(value))))
     return b"".join(out)
 

@@ -84,7 +84,7 @@ def cost_of(
         ("output", ((output_tokens or 0) - reasoning) * price.output * _PER_TOKEN),
         ("reasoning", reasoning * reasoning_rate * _PER_TOKEN),
     )
-    return Cost("computed", tuple((kind, value) for kind, value in parts if value > 0))
+    return Cost("computed", tuple([part for part in parts if part[1] > 0]))
 
 
 def load_price_table(path: Path | None = None) -> PriceTable:

@@ -76,10 +76,20 @@ def _sum(counter: Counter, attrs: Attrs) -> _Sum:
 class _Sums:
     """Counter increments of one batch, summed per (instrument, attribute set)."""
 
-    __slots__ = ("_sums",)
+    __slots__ = ("_events", "_sums")
 
     def __init__(self) -> None:
         self._sums: dict[tuple[int, Key], list[Any]] = {}
+        #: Events per plan's ``per_event`` entries (by identity), each counted on every entry at flush.
+        self._events: dict[int, list[Any]] = {}
+
+    def add_event(self, entries: tuple[_Sum, ...]) -> None:
+        """Count one event on each of ``entries`` (one dict update however many entries)."""
+        slot = self._events.get(id(entries))
+        if slot is None:
+            self._events[id(entries)] = [entries, 1]
+        else:
+            slot[1] += 1
 
     def add(self, entry: _Sum, value: float) -> None:
         slot = self._sums.get(entry.key)
@@ -89,6 +99,10 @@ class _Sums:
             slot[1] += value
 
     def flush(self) -> None:
+        for entries, events in self._events.values():
+            for entry in entries:
+                self.add(entry, events)
+        self._events.clear()
         for entry, value in self._sums.values():
             entry.counter.add(value, entry.attrs)
         self._sums.clear()
@@ -220,8 +234,7 @@ class Recorder:
             else:  # feedback: counters, and a span and log without values of their own
                 feedback = self._feedback_plan(event)
                 if index >= counted:
-                    for entry in feedback.per_event:
-                        sums.add(entry, 1)
+                    sums.add_event(feedback.per_event)
                 if index >= replay:
                     self._emit(env, feedback.emit, 0.0, {}, (), out)
         for guard in self._guards.values():
@@ -513,8 +526,7 @@ class Recorder:
             m.message_length.record_key(plan.message_user, e.user_message_length)
         if e.response_length is not None:
             m.message_length.record_key(plan.message_assistant, e.response_length)
-        for entry in plan.per_event:
-            sums.add(entry, 1)
+        sums.add_event(plan.per_event)
         if total:
             sums.add(plan.tokens, total)
         if cost_usd is None:
@@ -535,8 +547,7 @@ class Recorder:
 
     def _prediction_metrics(self, env: Envelope, e: Prediction, plan: _PredictionPlan, sums: _Sums) -> None:
         m = self._m
-        for entry in plan.per_event:
-            sums.add(entry, 1)
+        sums.add_event(plan.per_event)
         m.prediction_duration.record_key(plan.ids, e.duration_ms / 1000.0, env.trace_id, env.span_id)
         if e.confidence is not None:
             m.prediction_confidence.record_key(plan.ids, e.confidence)

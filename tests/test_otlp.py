@@ -24,6 +24,7 @@ ATTRS = {
     "three_bytes": 300_000,
     "k" * 130: 5,
     "d": 0.25,
+    "e" * 130: -1.5,  # a double whose KeyValue needs a two-byte length
     "skipped": None,
 }
 EXPECTED_ATTRS = [
@@ -39,6 +40,7 @@ EXPECTED_ATTRS = [
     KeyValue(key="three_bytes", value=AnyValue(int_value=300_000)),
     KeyValue(key="k" * 130, value=AnyValue(int_value=5)),
     KeyValue(key="d", value=AnyValue(double_value=0.25)),
+    KeyValue(key="e" * 130, value=AnyValue(double_value=-1.5)),
 ]
 
 
