@@ -148,8 +148,8 @@ class ExportWorker:
         #: Set when ``run`` has nothing more to hand over; the delivery thread then empties the
         #: outbox and ends.
         self._handed_over = threading.Event()
-        #: Set by the delivery thread when it gave up at the stop deadline: later batches stay in
-        #: the spool too (delivery is in order).
+        #: Set when the delivery thread ended: at the stop deadline, later batches stay in the spool
+        #: too (delivery is in order).
         self._gave_up = threading.Event()
 
     # -- control -------------------------------------------------------------------------------
@@ -294,29 +294,37 @@ class ExportWorker:
     def _hand_over(self, batch: _Batch) -> bool:
         """Queue ``batch`` for the delivery thread; ``False`` if delivery stopped first."""
         self._undelivered.append(batch.oldest_ns)
-        while not self._gave_up.is_set():
+        while True:
+            if self._gave_up.is_set():
+                if self._stop.is_set():
+                    return False
+                # Only a bug ends delivery otherwise: end the worker too, so readiness reports it.
+                raise RuntimeError("the delivery thread ended")
             try:
                 self._outbox.put(batch, timeout=_QUEUE_WAIT)
                 return True
             except queue.Full:
                 if self._past_deadline():
-                    break
-        return False
+                    return False
 
     def _deliver_batches(self) -> None:
-        """The delivery thread: sends each handed-over batch in order, then moves the cursor."""
-        while True:
-            try:
-                batch = self._outbox.get(timeout=_QUEUE_WAIT)
-            except queue.Empty:
-                if self._handed_over.is_set():
+        """The delivery thread: sends each handed-over batch in order, then moves the cursor. When it
+        ends (all handed over, or gave up at the stop deadline: this batch and any after it stay in
+        the spool), nothing more is handed over."""
+        try:
+            while True:
+                try:
+                    batch = self._outbox.get(timeout=_QUEUE_WAIT)
+                except queue.Empty:
+                    if self._handed_over.is_set():
+                        return
+                    continue
+                if not self._deliver(batch.payloads, batch.counts):
                     return
-                continue
-            if not self._deliver(batch.payloads, batch.counts):
-                self._gave_up.set()  # stopping: this batch and any after it stay in the spool
-                return
-            self._undelivered.popleft()
-            self._mark_delivered(batch.end, batch.records)
+                self._undelivered.popleft()
+                self._mark_delivered(batch.end, batch.records)
+        finally:
+            self._gave_up.set()
 
     def _mark_delivered(self, end: Position, records: int) -> None:
         self._delivered = max(self._delivered, end)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_service._records import encode_envelope
@@ -89,3 +90,45 @@ def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_s
     assert traces == [[f"{n + 1:032x}" for n in range(4)], [f"{n + 1:032x}" for n in range(4, 8)]]
     assert worker.status.to_json()["exported"] == {"traces": 8, "logs": 8}
     assert worker.queued_items() == 0
+
+
+class BrokenSender(GatedSender):
+    """A sender with a bug: every send raises."""
+
+    def send(self, signal: str, payload: bytes) -> SendResult:
+        raise ValueError("bug")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_delivery_thread_that_dies_ends_the_worker_instead_of_hanging(tmp_path: Path) -> None:
+    """A bug in delivery ends ``run`` (readiness then reports the export worker down); nothing moves."""
+    writer = SpoolWriter(tmp_path)
+    writer.append([encode_envelope(envelope(n)) for n in range(12)])
+    settings = Settings.from_env(
+        {
+            "OTELSVC_SPOOL_DIR": str(tmp_path),
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
+            "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "4",
+        }
+    )
+    parts = build_worker(
+        settings, create_resource(settings, "t"), log_stream=io.BytesIO(), sender=BrokenSender()
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            parts.worker.run()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    alive = thread.is_alive()
+    parts.worker.stop(1)
+    thread.join(5)
+    assert not alive
+    assert [str(e) for e in errors] == ["the delivery thread ended"]
+    assert not parts.worker.caught_up()
+    assert parts.worker.status.to_json()["exported"] == {}
