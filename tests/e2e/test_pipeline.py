@@ -1142,8 +1142,23 @@ def _collector_has_crash_traffic(stack: Stack) -> None:
     assert b'business_id="e2e-crash"' in response.body, "no e2e-crash series in the collector yet"
 
 
+def _possible_span_duplicates(stack: Stack) -> int:
+    """What the sidecar counts as possibly sent twice: export batches resent after a restart, and
+    shard records copied again."""
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    detail = http_request("GET", stack.sidecar_url + "/health/detailed", headers=headers).json()
+    text = http_request("GET", stack.sidecar_url + "/metrics", headers=headers).body.decode()
+    copied_again = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("otel_service_intake_shard_records_total{")
+        and 'outcome="possible_duplicate"' in line
+    )
+    return int(detail["export"]["possible_duplicates"] + copied_again)
+
+
 def test_sidecar_kill_9_under_load_loses_nothing(stack: Stack) -> None:
-    """kill -9 of the sidecar under load, restart on its spool: every acknowledged event arrives once."""
+    """kill -9 of the sidecar under load, restart: each acknowledged event arrives, resends counted."""
     acked: list[Sent] = []
     uncertain: list[tuple[str, str]] = []  # (correlation_id, trace_id) of the request in flight at the kill
     stop = threading.Event()
@@ -1220,7 +1235,12 @@ def test_sidecar_kill_9_under_load_loses_nothing(stack: Stack) -> None:
         interval=2,
     )
     for s in acked:
-        assert [sp.span_id for sp in found[s.trace_id]] == [s.span_id]
+        assert {sp.span_id for sp in found[s.trace_id]} == {s.span_id}
+    # Delivery is at least once: a batch the collector took just before the kill, its success not yet
+    # on disk, is sent again, and so is a shard copy cut short. Each such resend is counted; a span
+    # found twice that no count accounts for is a bug.
+    extra_spans = sum(len(found[s.trace_id]) - 1 for s in acked)
+    assert extra_spans <= _possible_span_duplicates(stack), extra_spans
 
     total = n + owned_in_flight
     per_event = {
