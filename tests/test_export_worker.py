@@ -13,10 +13,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_service._records import encode_envelope
 from otel_service._runner import build_worker
-from otel_service._sender import SendResult
+from otel_service._sender import Sender, SendResult
 from otel_service._settings import Settings
 from otel_service._spool import SpoolWriter, end_position
 from otel_service._telemetry import create_resource
+from otel_service._worker import ExportWorker
 
 from .conftest import envelope
 
@@ -52,24 +53,27 @@ def _wait(predicate: Callable[[], bool], timeout: float = 10) -> bool:
     return False
 
 
-def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_spool_order(
-    tmp_path: Path,
-) -> None:
-    """Batch 2 is recorded while batch 1 waits for its answer; the cursor passes each only once sent."""
-    writer = SpoolWriter(tmp_path)
-    writer.append([encode_envelope(envelope(n)) for n in range(8)])
+def _worker(spool: Path, records: int, sender: Sender, log: io.BytesIO) -> ExportWorker:
+    """An export worker over a spool of ``records`` LLM calls, in batches of 4, sending with ``sender``."""
+    SpoolWriter(spool).append([encode_envelope(envelope(n)) for n in range(records)])
     settings = Settings.from_env(
         {
-            "OTELSVC_SPOOL_DIR": str(tmp_path),
+            "OTELSVC_SPOOL_DIR": str(spool),
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
             "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "4",
             "OTEL_BSP_SCHEDULE_DELAY": "0",
         }
     )
+    return build_worker(settings, create_resource(settings, "t"), log_stream=log, sender=sender).worker
+
+
+def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_spool_order(
+    tmp_path: Path,
+) -> None:
+    """Batch 2 is recorded while batch 1 waits for its answer; the cursor passes each only once sent."""
     sender = GatedSender()
     log = io.BytesIO()
-    parts = build_worker(settings, create_resource(settings, "t"), log_stream=log, sender=sender)
-    worker = parts.worker
+    worker = _worker(tmp_path, 8, sender, log)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
@@ -102,23 +106,12 @@ class BrokenSender(GatedSender):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_delivery_thread_that_dies_ends_the_worker_instead_of_hanging(tmp_path: Path) -> None:
     """A bug in delivery ends ``run`` (readiness then reports the export worker down); nothing moves."""
-    writer = SpoolWriter(tmp_path)
-    writer.append([encode_envelope(envelope(n)) for n in range(12)])
-    settings = Settings.from_env(
-        {
-            "OTELSVC_SPOOL_DIR": str(tmp_path),
-            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
-            "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "4",
-        }
-    )
-    parts = build_worker(
-        settings, create_resource(settings, "t"), log_stream=io.BytesIO(), sender=BrokenSender()
-    )
+    worker = _worker(tmp_path, 12, BrokenSender(), io.BytesIO())
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            parts.worker.run()
+            worker.run()
         except RuntimeError as exc:
             errors.append(exc)
 
@@ -126,9 +119,9 @@ def test_a_delivery_thread_that_dies_ends_the_worker_instead_of_hanging(tmp_path
     thread.start()
     thread.join(10)
     alive = thread.is_alive()
-    parts.worker.stop(1)
+    worker.stop(1)
     thread.join(5)
     assert not alive
     assert [str(e) for e in errors] == ["the delivery thread ended"]
-    assert not parts.worker.caught_up()
-    assert parts.worker.status.to_json()["exported"] == {}
+    assert not worker.caught_up()
+    assert worker.status.to_json()["exported"] == {}
