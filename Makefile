@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 
 openapi: $(STAMP)
-	$(BIN)/python -c "import json; from otel_service._openapi import openapi_document as d; print(json.dumps(d(), indent=2))" > openapi.json
+	$(BIN)/python -c "import json; from otel_service.intake.openapi import openapi_document as d; print(json.dumps(d(), indent=2))" > openapi.json
 
 ## The whole stack natively (no Docker): sidecar + collector + Prometheus + Loki + Tempo + Alertmanager.
 stack: $(STAMP) backends

@@ -14,13 +14,13 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._runner import ExportRunner, ProcessRunner, ThreadRunner, build_worker
-from ._settings import ENVIRONMENT, Settings, SettingsError
-from ._spool import SpoolLocked
-from ._telemetry import create_metrics, create_resource, new_instance_id
 from ._version import __version__
-from .web_app import App, CannotListen, create_app, serve
-from .web_server import configure_diagnostics, new_event_loop
+from .config import ENVIRONMENT, Settings, SettingsError
+from .runtime.app import App, CannotListen, create_app, serve
+from .runtime.export_host import ExportRunner, ProcessRunner, ThreadRunner, build_worker
+from .runtime.server import configure_diagnostics, new_event_loop
+from .spool.segments import SpoolLocked
+from .telemetry.providers import create_metrics, create_resource, new_instance_id
 
 __all__ = ["main"]
 

@@ -20,13 +20,13 @@ import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from otel_service import Settings
-from otel_service._events import Event
-from otel_service._records import Envelope
-from otel_service._runner import ThreadRunner, build_worker
-from otel_service._telemetry import create_metrics, create_resource
+from otel_service.config import Settings
+from otel_service.model.events import Event
+from otel_service.runtime.app import SERVER_OPTIONS, App, create_app
+from otel_service.runtime.export_host import ThreadRunner, build_worker
+from otel_service.spool.record import Envelope
+from otel_service.telemetry.providers import create_metrics, create_resource
 from otel_service.testing import OtlpReceiver
-from otel_service.web_app import SERVER_OPTIONS, App, create_app
 
 FAST_EXPORT = {
     "OTEL_BSP_SCHEDULE_DELAY": "50",

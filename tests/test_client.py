@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestServer
 
 from otel_service import AsyncEventClient, EventClient
-from otel_service._runner import ThreadRunner
-from otel_service.web_app import SERVER_OPTIONS
+from otel_service.runtime.app import SERVER_OPTIONS
+from otel_service.runtime.export_host import ThreadRunner
 
 from .conftest import make_settings, start_in_process
 

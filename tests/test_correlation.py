@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_service._correlation import (
+from otel_service.model.context import (
     TraceContext,
     new_span_id,
     new_trace_id,

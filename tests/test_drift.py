@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from otel_service._drift import DriftTracker, ks_statistic
+from otel_service.telemetry.drift import DriftTracker, ks_statistic
 
 
 def _normal(seed: int, n: int, mu: float = 0.0) -> list[float]:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_service._records import encode_envelope
-from otel_service._runner import build_worker
-from otel_service._sender import Sender, SendResult
-from otel_service._settings import Settings
-from otel_service._spool import SpoolWriter, end_position
-from otel_service._telemetry import create_resource
-from otel_service._worker import ExportWorker
+from otel_service.config import Settings
+from otel_service.export.sender import Sender, SendResult
+from otel_service.export.worker import ExportWorker
+from otel_service.runtime.export_host import build_worker
+from otel_service.spool.record import encode_envelope
+from otel_service.spool.segments import SpoolWriter, end_position
+from otel_service.telemetry.providers import create_resource
 
 from .conftest import envelope
 

@@ -16,12 +16,12 @@ from typing import Any
 import psutil
 import pytest
 
-from otel_service import Settings, SettingsError
-from otel_service._histograms import FastHistogram
-from otel_service._intake import IntakeStats
-from otel_service._records import Envelope, decode_envelope, encode_envelope
-from otel_service._shards import ShardMerger, shard_dir
-from otel_service._spool import SpoolReader, SpoolWriter
+from otel_service.config import Settings, SettingsError
+from otel_service.intake.accept import IntakeStats
+from otel_service.spool.record import Envelope, decode_envelope, encode_envelope
+from otel_service.spool.segments import SpoolReader, SpoolWriter
+from otel_service.spool.shards import ShardMerger, shard_dir
+from otel_service.telemetry.histograms import FastHistogram
 from otel_service.testing import Failure, OtlpReceiver
 
 from .conftest import Sidecar, StartApp, envelope, free_port, run_cli, wait_ready

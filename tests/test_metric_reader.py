@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_service._telemetry import create_metrics, create_resource, shutdown_quietly
+from otel_service.telemetry.providers import create_metrics, create_resource, shutdown_quietly
 from otel_service.testing import Failure, OtlpReceiver
 
 from .conftest import make_settings

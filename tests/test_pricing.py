@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_service._pricing import Cost, ModelPrice, PriceTable, cost_of, load_price_table
+from otel_service.model.pricing import Cost, ModelPrice, PriceTable, cost_of, load_price_table
 
 RATES = ModelPrice(input=1.0, output=2.0, cached_input=0.5, reasoning=4.0)  # USD per 1M tokens
 TABLE = PriceTable(

@@ -1,10 +1,11 @@
-"""The package's shape: a curated public API, private modules, inward dependencies, documented tests."""
+"""The package's shape: a curated public API, packages by role, inward dependencies, documented tests."""
 
 from __future__ import annotations
 
 import ast
 import importlib
-import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,36 +15,90 @@ import otel_service
 
 PACKAGE_DIR = Path(otel_service.__file__).parent
 TESTS_DIR = Path(__file__).parent
-PUBLIC_MODULES = [
-    "client",
-    "cli",
-    "testing",
-    "web_app",
-    "web_boundary",
-    "web_handlers",
-    "web_processes",
-    "web_server",
-]
-CORE_MODULES = [
-    "_errors",
-    "_events",
-    "_validation",
-    "_correlation",
-    "_pricing",
-    "_settings",
-    "_records",
-    "_spool",
-    "_labels",
-    "_drift",
-    "_rate_limit",
-    "_intake",
-    "_shards",
-]
-FORBIDDEN_IN_CORE = {"aiohttp", "opentelemetry"}
+#: The top level: public modules, private helpers, and one package per role of the pipeline.
+PUBLIC_MODULES = ["cli", "client", "config", "testing"]
+PRIVATE_MODULES = ["__init__", "__main__", "_version"]
+PACKAGES = ["export", "intake", "model", "runtime", "spool", "telemetry"]
+#: What each module may import from this package: the packages (or top-level modules) named here.
+#: Dependencies point inward: model <- spool <- intake / export <- runtime <- cli.
+ALLOWED_INSIDE = {
+    "model": {"model"},
+    "config": set(),
+    "spool": {"model", "spool"},
+    "telemetry": {"model", "telemetry", "config"},
+    "intake": {"model", "spool", "telemetry", "config", "intake"},
+    "export": {"model", "spool", "telemetry", "config", "export"},
+    "runtime": {"model", "spool", "telemetry", "config", "intake", "export", "runtime"},
+    "cli": {"config", "runtime", "spool"},
+    "client": set(),
+    "testing": set(),
+    "__init__": {"model", "config", "client"},
+    "__main__": {"cli"},
+    "_version": set(),
+}
+#: Libraries a package must not import, directly.
+FORBIDDEN_OUTSIDE = {
+    "model": {"aiohttp", "opentelemetry", "grpc", "structlog", "prometheus_client"},
+    "config": {"aiohttp", "opentelemetry", "grpc", "structlog"},
+    "spool": {"aiohttp", "opentelemetry", "grpc", "structlog"},
+    "telemetry": {"aiohttp", "grpc"},
+    "export": {"aiohttp"},
+    "intake": {"grpc"},
+}
+#: A module longer than this says why in its docstring (a line starting "Length:").
+MAX_LINES = 300
 
 
-def _module_names() -> list[str]:
-    return sorted(info.name for info in pkgutil.iter_modules([str(PACKAGE_DIR)]))
+def _modules() -> list[tuple[str, Path]]:
+    """Every module of the package as (dotted name below ``otel_service``, path)."""
+    found = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_DIR).with_suffix("").parts
+        found.append((".".join(parts), path))
+    return found
+
+
+def _role(name: str) -> str:
+    """The top-level package or module a dotted module name belongs to."""
+    return name.split(".")[0]
+
+
+def _imports(name: str, path: Path) -> tuple[set[str], set[str]]:
+    """(top-level libraries imported, this package's modules imported as dotted names) by one module."""
+    tree = ast.parse(path.read_text("utf-8"))
+    package = name.split(".")[:-1]
+    libraries: set[str] = set()
+    inside: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                if top == "otel_service":
+                    inside.add(alias.name.partition(".")[2] or "__init__")
+                else:
+                    libraries.add(top)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                assert node.module is not None
+                top, _, rest = node.module.partition(".")
+                if top == "otel_service":
+                    inside.add(rest or "__init__")
+                else:
+                    libraries.add(top)
+                continue
+            base = package[: len(package) - node.level + 1]
+            if node.module:
+                inside.add(".".join([*base, node.module]))
+            else:
+                inside.update(".".join([*base, alias.name]) for alias in node.names)
+    return libraries, inside
+
+
+def test_all_is_sorted() -> None:
+    """__all__ is kept in ruff's isort-style order (constants, classes, the rest), without duplicates."""
+    names = list(otel_service.__all__)
+    assert names == sorted(names, key=_isort_key)
+    assert len(names) == len(set(names))
 
 
 def _isort_key(name: str) -> tuple[int, str]:
@@ -55,11 +110,28 @@ def _isort_key(name: str) -> tuple[int, str]:
     return 2, name
 
 
-def test_all_is_sorted() -> None:
-    """__all__ is kept in ruff's isort-style order (constants, classes, the rest), without duplicates."""
-    names = list(otel_service.__all__)
-    assert names == sorted(names, key=_isort_key)
-    assert len(names) == len(set(names))
+def test_all_is_exactly_what_the_package_exposes() -> None:
+    """__all__ equals the package's public names that are not modules: nothing exposed by accident."""
+    exposed = {
+        name
+        for name in dir(otel_service)
+        if not name.startswith("_") and not isinstance(getattr(otel_service, name), ModuleType)
+    }
+    assert exposed | {"__version__"} == set(otel_service.__all__)
+
+
+def test_the_public_api_is_what_a_client_author_needs() -> None:
+    """Clients, the event model, the schema version and the version; server errors stay inside."""
+    assert set(otel_service.__all__) == {
+        "SCHEMA_VERSION",
+        "AsyncEventClient",
+        "EventClient",
+        "Feedback",
+        "LabTrack",
+        "LlmCall",
+        "Prediction",
+        "__version__",
+    }
 
 
 def test_every_name_in_all_is_importable() -> None:
@@ -72,20 +144,12 @@ def test_every_name_in_all_is_importable() -> None:
         assert getattr(otel_service, name) is namespace[name]
 
 
-def test_no_module_is_exported() -> None:
-    """__all__ holds classes, functions and constants, never a (private) module."""
-    exported_modules = [
-        name for name in otel_service.__all__ if isinstance(getattr(otel_service, name), ModuleType)
-    ]
-    assert exported_modules == []
-    assert not set(otel_service.__all__) & set(_module_names())
-
-
-def test_implementation_modules_are_private() -> None:
-    """Every module is either one of the named public ones or starts with an underscore."""
-    modules = _module_names()
-    assert set(PUBLIC_MODULES) <= set(modules)
-    assert [name for name in modules if name not in PUBLIC_MODULES and not name.startswith("_")] == []
+def test_the_top_level_shows_the_pipeline() -> None:
+    """The top level holds the public modules, three private ones, and one package per role."""
+    entries = {path.stem for path in PACKAGE_DIR.glob("*.py")}
+    packages = {path.name for path in PACKAGE_DIR.iterdir() if (path / "__init__.py").is_file()}
+    assert entries == {*PUBLIC_MODULES, *PRIVATE_MODULES}
+    assert packages == set(PACKAGES)
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -96,32 +160,39 @@ def test_public_modules_define_all(name: str) -> None:
     assert [n for n in module.__all__ if not hasattr(module, n)] == []
 
 
-def _imports(name: str) -> tuple[set[str], set[str]]:
-    """(top-level packages imported absolutely, sibling modules imported relatively) by one module."""
-    tree = ast.parse((PACKAGE_DIR / f"{name}.py").read_text("utf-8"))
-    absolute: set[str] = set()
-    relative: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            absolute.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module:
-                absolute.add(node.module.split(".")[0])
-                if node.module.split(".")[0] == "otel_service":
-                    relative.add(node.module.split(".")[1] if "." in node.module else "__init__")
-            elif node.module:
-                relative.add(node.module.split(".")[0])
-            else:  # from . import x
-                relative.update(alias.name for alias in node.names)
-    return absolute, relative
+@pytest.mark.parametrize(("name", "path"), _modules(), ids=[name for name, _ in _modules()])
+def test_dependencies_point_inward(name: str, path: Path) -> None:
+    """Each module imports only the packages its role may depend on, and no library it must not."""
+    libraries, inside = _imports(name, path)
+    role = _role(name)
+    allowed = ALLOWED_INSIDE[role] | {"_version"}
+    assert {_role(module) for module in inside} - allowed == set()
+    assert libraries & FORBIDDEN_OUTSIDE.get(role, set()) == set()
 
 
-@pytest.mark.parametrize("name", CORE_MODULES)
-def test_core_modules_import_neither_aiohttp_nor_opentelemetry(name: str) -> None:
-    """The pure core depends on no HTTP or telemetry library, directly or through a sibling module."""
-    absolute, relative = _imports(name)
-    assert absolute & FORBIDDEN_IN_CORE == set()
-    assert relative - set(CORE_MODULES) - {"_version"} == set()
+def test_the_import_check_sees_relative_imports() -> None:
+    """The walk above resolves ``from ..x import y`` to package ``x``, so an empty result is meaningful."""
+    _, inside = _imports("runtime.app", PACKAGE_DIR / "runtime" / "app.py")
+    assert {_role(module) for module in inside} >= {"intake", "spool", "config"}
+
+
+@pytest.mark.parametrize(("name", "path"), _modules(), ids=[name for name, _ in _modules()])
+def test_long_modules_say_why(name: str, path: Path) -> None:
+    """A module over 300 lines states the reason in its docstring (a line starting ``Length:``)."""
+    lines = len(path.read_text("utf-8").splitlines())
+    doc = ast.get_docstring(ast.parse(path.read_text("utf-8"))) or ""
+    assert lines <= MAX_LINES or any(line.startswith("Length:") for line in doc.splitlines())
+
+
+def test_an_intake_process_loads_neither_grpc_nor_the_export_side() -> None:
+    """The extra intake processes import their entry point only: no gRPC, exporter or export package."""
+    code = (
+        "import sys, otel_service.runtime.intake_group\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('grpc')}"
+        " | {m for m in sys.modules if m.startswith(('otel_service.export', 'opentelemetry.exporter'))}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def _test_functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_service._rate_limit import RateLimiter
+from otel_service.intake.rate_limit import RateLimiter
 
 
 def test_burst_is_allowed_then_refused_with_the_wait() -> None:

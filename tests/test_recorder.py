@@ -12,12 +12,12 @@ import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otel_service import _recorder
-from otel_service._instruments import WorkerInstruments
-from otel_service._logging import EventLogger
-from otel_service._pricing import load_price_table
-from otel_service._recorder import Recorder
-from otel_service._telemetry import Metrics, create_metrics, create_resource, shutdown_quietly
+from otel_service.export import recorder as _recorder
+from otel_service.export.recorder import Recorder
+from otel_service.model.pricing import load_price_table
+from otel_service.telemetry.instruments import WorkerInstruments
+from otel_service.telemetry.logs import EventLogger
+from otel_service.telemetry.providers import Metrics, create_metrics, create_resource, shutdown_quietly
 
 from .conftest import envelope, make_settings, point_values
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import otel_service
-from otel_service import ENVIRONMENT, Settings, SettingsError
-from otel_service import _settings as settings_module
-from otel_service._validation import Limits
+from otel_service import config as settings_module
+from otel_service.config import ENVIRONMENT, Settings, SettingsError
+from otel_service.model.validation import Limits
 
 BASE = {"XDG_STATE_HOME": "/state"}
 DEFAULT = Settings(spool_dir=Path("/state/otel-service/spool"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_service._spool import (
+from otel_service.spool.segments import (
     Cursor,
     Position,
     SpoolLocked,

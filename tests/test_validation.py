@@ -9,8 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from otel_service import Feedback, InvalidEvent, LabTrack, LlmCall, Prediction, _validation
-from otel_service._validation import Limits, ParsedItem, parse_batch, parse_track
+from otel_service import Feedback, LabTrack, LlmCall, Prediction
+from otel_service.model import validation as _validation
+from otel_service.model.errors import InvalidEvent
+from otel_service.model.validation import Limits, ParsedItem, parse_batch, parse_track
 
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 NOW_DT = datetime.fromtimestamp(NOW, UTC)

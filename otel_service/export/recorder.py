@@ -23,14 +23,14 @@ from typing import Any, TypeVar
 
 from opentelemetry.metrics import Counter
 
-from . import _otlp
-from ._drift import DriftTracker
-from ._events import KIND_OF, Event, Feedback, LlmCall, Prediction
-from ._instruments import WorkerInstruments
-from ._labels import LabelGuard, infer_provider
-from ._logging import EventLogger
-from ._pricing import ModelPrice, PriceTable, cost_of
-from ._records import Envelope
+from ..model.events import KIND_OF, Event, Feedback, LlmCall, Prediction
+from ..model.pricing import ModelPrice, PriceTable, cost_of
+from ..spool.record import Envelope
+from ..telemetry.cardinality import LabelGuard, infer_provider
+from ..telemetry.drift import DriftTracker
+from ..telemetry.instruments import WorkerInstruments
+from ..telemetry.logs import EventLogger
+from . import otlp
 
 __all__ = ["Recorded", "Recorder"]
 
@@ -357,7 +357,7 @@ class Recorder:
         }
         name = f"{e.operation} {e.model}"
         return _LlmPlan(
-            emit=self._new_emit(e, name, _otlp.KIND_CLIENT, error, span_attributes, log_fields),
+            emit=self._new_emit(e, name, otlp.KIND_CLIENT, error, span_attributes, log_fields),
             price=price,
             cost_source=source,
             base=base,
@@ -403,7 +403,7 @@ class Recorder:
                 "business_id": e.business_id,
             }
             emit = self._new_emit(
-                e, f"predict {e.model}", _otlp.KIND_INTERNAL, error, span_attributes, log_fields
+                e, f"predict {e.model}", otlp.KIND_INTERNAL, error, span_attributes, log_fields
             )
             per_event = (_sum(m.predictions, result), _sum(m.processed, {"kind": "prediction"}))
             plan = _PredictionPlan(emit, model, _key(ids), per_event)
@@ -435,7 +435,7 @@ class Recorder:
                 "business_id": e.business_id,
             }
             emit = self._new_emit(
-                e, f"feedback {e.model}", _otlp.KIND_INTERNAL, None, span_attributes, log_fields
+                e, f"feedback {e.model}", otlp.KIND_INTERNAL, None, span_attributes, log_fields
             )
             per_event = (_sum(m.feedback, counts), _sum(m.processed, {"kind": "feedback"}))
             plan = self._cache(self._feedback_plans, key, _FeedbackPlan(emit, per_event))
@@ -447,14 +447,14 @@ class Recorder:
     ) -> _Emit:
         kind_name = KIND_OF[type(event)]
         log_attributes = {"kind": kind_name, "business_id": event.business_id}
-        severity = _otlp.SEVERITY_ERROR if error else _otlp.SEVERITY_INFO
+        severity = otlp.SEVERITY_ERROR if error else otlp.SEVERITY_INFO
         return _Emit(
             kind=kind_name,
             level="error" if error else "info",
-            span_head=_otlp.span_head(name, kind),
-            span_attributes=_otlp.span_attributes(span_attributes),
-            span_status=_otlp.span_status(error),
-            log_head=_otlp.log_head(severity, f"otel_service.{kind_name}", log_attributes),
+            span_head=otlp.span_head(name, kind),
+            span_attributes=otlp.span_attributes(span_attributes),
+            span_status=otlp.span_status(error),
+            log_head=otlp.log_head(severity, f"otel_service.{kind_name}", log_attributes),
             log_fields=_compact(log_fields),
         )
 
@@ -581,7 +581,7 @@ class Recorder:
         for key, value in event.attributes.items():
             span_attributes[f"app.{key}"] = value
         out.spans.append(
-            _otlp.span(
+            otlp.span(
                 trace_id=env.trace_id,
                 span_id=env.span_id,
                 parent_span_id=env.parent_span_id,
@@ -609,7 +609,7 @@ class Recorder:
             record["attributes"] = event.attributes
         line = self._logger.log(plan.level, plan.kind, record)
         out.logs.append(
-            _otlp.log_record(
+            otlp.log_record(
                 trace_id=env.trace_id,
                 span_id=env.span_id,
                 time_ns=env.end_ns,

@@ -90,7 +90,7 @@ def cost_of(
 def load_price_table(path: Path | None = None) -> PriceTable:
     """Load a price table from ``path``, or the one shipped with the package."""
     if path is None:
-        text = resources.files("otel_service").joinpath("prices.json").read_text("utf-8")
+        text = resources.files("otel_service.model").joinpath("prices.json").read_text("utf-8")
     else:
         text = path.read_text("utf-8")
     raw = json.loads(text)

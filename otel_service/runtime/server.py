@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._spool import SpoolWriter
+from ..spool.segments import SpoolWriter
 
 __all__ = [
     "SERVER_OPTIONS",

@@ -24,16 +24,16 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import generate_latest
 
-from ._instruments import WorkerInstruments, register_observables
-from ._logging import create_event_logger
-from ._pricing import load_price_table
-from ._recorder import Recorder
-from ._sender import Sender, create_sender
-from ._settings import Settings
-from ._spool import SpoolReader, stats
-from ._telemetry import Metrics, create_metrics, create_resource, resource_proto, shutdown_quietly
-from ._version import __version__
-from ._worker import ExportWorker
+from .._version import __version__
+from ..config import Settings
+from ..export.recorder import Recorder
+from ..export.sender import Sender, create_sender
+from ..export.worker import ExportWorker
+from ..model.pricing import load_price_table
+from ..spool.segments import SpoolReader, stats
+from ..telemetry.instruments import WorkerInstruments, register_observables
+from ..telemetry.logs import create_event_logger
+from ..telemetry.providers import Metrics, create_metrics, create_resource, resource_proto, shutdown_quietly
 
 __all__ = ["ExportRunner", "ProcessRunner", "ThreadRunner", "WorkerParts", "build_worker"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from ._validation import Limits
+from .model.validation import Limits
 
 __all__ = ["ENVIRONMENT", "Settings", "SettingsError", "usable_cpus"]
 

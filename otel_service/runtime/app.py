@@ -8,17 +8,17 @@ import contextlib
 import psutil
 from aiohttp import web
 
-from ._instruments import IntakeInstruments
-from ._intake import Intake
-from ._runner import ExportRunner
-from ._settings import Settings
-from ._spool import SpoolWriter
-from ._telemetry import Metrics, shutdown_quietly
-from ._version import __version__
-from .web_boundary import create_status_handler
-from .web_handlers import Service, Status, group_commit, intake_handler, intake_routes, status_routes
-from .web_processes import IntakeGroup, intake_spools
-from .web_server import SERVER_OPTIONS, CannotListen, listen, sync_every
+from .._version import __version__
+from ..config import Settings
+from ..intake.accept import Intake
+from ..intake.handlers import Service, Status, group_commit, intake_handler, intake_routes, status_routes
+from ..intake.server import create_status_handler
+from ..spool.segments import SpoolWriter
+from ..telemetry.instruments import IntakeInstruments
+from ..telemetry.providers import Metrics, shutdown_quietly
+from .export_host import ExportRunner
+from .intake_group import IntakeGroup, intake_spools
+from .server import SERVER_OPTIONS, CannotListen, listen, sync_every
 
 __all__ = ["SERVER_OPTIONS", "App", "CannotListen", "create_app", "serve"]
 

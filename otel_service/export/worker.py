@@ -23,13 +23,13 @@ from typing import Any
 
 import msgspec
 
-from . import _otlp
-from ._instruments import WorkerInstruments
-from ._recorder import Recorder
-from ._records import Envelope, decode_envelope
-from ._sender import Sender
-from ._spool import Cursor, Position, SpoolReader, count_records, end_position, stats
-from ._version import __version__
+from .._version import __version__
+from ..spool.record import Envelope, decode_envelope
+from ..spool.segments import Cursor, Position, SpoolReader, count_records, end_position, stats
+from ..telemetry.instruments import WorkerInstruments
+from . import otlp
+from .recorder import Recorder
+from .sender import Sender
 
 __all__ = ["ExportStatus", "ExportWorker"]
 
@@ -111,7 +111,7 @@ class ExportWorker:
         self._m = instruments
         self._sender = sender
         self._resource = resource
-        self._scope = _otlp.scope("otel_service", __version__)
+        self._scope = otlp.scope("otel_service", __version__)
         self._batch_size = batch_size
         #: After a partial batch, wait this long (the standard OTEL_BSP/BLRP schedule delay) for more
         #: events: fewer, fuller export requests under load, at most this much added latency.
@@ -277,8 +277,8 @@ class ExportWorker:
             self.save_cursor()
             batch = _Batch(
                 payloads={
-                    "traces": _otlp.traces_request(self._resource, self._scope, recorded.spans),
-                    "logs": _otlp.logs_request(self._resource, self._scope, recorded.logs),
+                    "traces": otlp.traces_request(self._resource, self._scope, recorded.spans),
+                    "logs": otlp.logs_request(self._resource, self._scope, recorded.logs),
                 },
                 counts={"traces": len(recorded.spans), "logs": len(recorded.logs)},
                 end=ends[-1],

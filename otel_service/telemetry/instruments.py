@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry.metrics import Counter, Meter, Observation
 from opentelemetry.sdk.metrics.view import View
 
-from ._histograms import FastHistogram, HistogramSet
+from .histograms import FastHistogram, HistogramSet
 
 __all__ = ["IntakeInstruments", "WorkerInstruments", "create_views", "register_observables"]
 

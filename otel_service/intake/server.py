@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from ._errors import OtelServiceError, RateLimited, Unauthorized
-from ._histograms import HistogramSet
-from ._instruments import IntakeInstruments
-from ._intake import IntakeStats
-from ._rate_limit import RateLimiter
+from ..model.errors import OtelServiceError, RateLimited, Unauthorized
+from ..telemetry.histograms import HistogramSet
+from ..telemetry.instruments import IntakeInstruments
+from .accept import IntakeStats
+from .rate_limit import RateLimiter
 
 __all__ = ["Handler", "Routes", "create_handler", "create_status_handler", "json_response"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._events import Event
+from ..model.events import Event
 
 __all__ = ["Envelope", "decode_envelope", "encode_envelope"]
 

@@ -19,20 +19,20 @@ import psutil
 from aiohttp import HttpVersion11, StreamReader, web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ._correlation import parse_traceparent, resolve_correlation_id
-from ._errors import ExpectationFailed, InvalidEvent, PayloadTooLarge, Unavailable, UnsupportedMediaType
-from ._group_commit import GroupCommit
-from ._histograms import HistogramSet
-from ._instruments import IntakeInstruments
-from ._intake import Intake, IntakeStats
-from ._openapi import openapi_document
-from ._rate_limit import RateLimiter
-from ._runner import ExportRunner
-from ._settings import Settings
-from ._spool import SpoolWriter
-from ._validation import parse_batch, parse_track
-from ._version import __version__
-from .web_boundary import Handler, Routes, create_handler, json_response
+from .._version import __version__
+from ..config import Settings
+from ..model.context import parse_traceparent, resolve_correlation_id
+from ..model.errors import ExpectationFailed, InvalidEvent, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from ..model.validation import parse_batch, parse_track
+from ..runtime.export_host import ExportRunner
+from ..spool.commit import GroupCommit
+from ..spool.segments import SpoolWriter
+from ..telemetry.histograms import HistogramSet
+from ..telemetry.instruments import IntakeInstruments
+from .accept import Intake, IntakeStats
+from .openapi import openapi_document
+from .rate_limit import RateLimiter
+from .server import Handler, Routes, create_handler, json_response
 
 __all__ = [
     "STATUS_PATHS",
@@ -344,7 +344,7 @@ async def openapi(service: Service, request: web.BaseRequest) -> web.Response:
 
 
 async def dashboard(service: Service, request: web.BaseRequest) -> web.Response:
-    html = resources.files("otel_service").joinpath("dashboard.html").read_bytes()
+    html = resources.files("otel_service.intake").joinpath("dashboard.html").read_bytes()
     return web.Response(body=html, content_type="text/html")
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from ._errors import InvalidEvent
-from ._events import EVENT_TYPES, TYPE_OF_KIND, Event, Feedback, LabTrack, LlmCall, text_fields
+from .errors import InvalidEvent
+from .events import EVENT_TYPES, TYPE_OF_KIND, Event, Feedback, LabTrack, LlmCall, text_fields
 
 __all__ = ["Limits", "ParsedItem", "event_seconds", "event_time", "parse_batch", "parse_track"]
 

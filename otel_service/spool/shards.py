@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ._spool import Cursor, Position, SpoolReader, SpoolWriter
+from .segments import Cursor, Position, SpoolReader, SpoolWriter
 
 __all__ = ["ShardMerger", "forget_published", "publish", "read_published", "shard_dir", "shard_dirs"]
 

@@ -28,16 +28,16 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.metrics import NoOpMeter
 
-from ._histograms import HistogramSet
-from ._instruments import IntakeInstruments
-from ._intake import Intake, IntakeStats
-from ._settings import Settings
-from ._shards import ShardMerger, forget_published, publish, read_published, shard_dir, shard_dirs
-from ._spool import SpoolWriter, writer_active
-from ._version import __version__
-from .web_boundary import Handler
-from .web_handlers import Forwarder, Service, group_commit, intake_handler, intake_routes
-from .web_server import (
+from .._version import __version__
+from ..config import Settings
+from ..intake.accept import Intake, IntakeStats
+from ..intake.handlers import Forwarder, Service, group_commit, intake_handler, intake_routes
+from ..intake.server import Handler
+from ..spool.segments import SpoolWriter, writer_active
+from ..spool.shards import ShardMerger, forget_published, publish, read_published, shard_dir, shard_dirs
+from ..telemetry.histograms import HistogramSet
+from ..telemetry.instruments import IntakeInstruments
+from .server import (
     SERVER_OPTIONS,
     CannotListen,
     configure_diagnostics,

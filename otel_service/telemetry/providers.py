@@ -24,12 +24,12 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
-from . import _otlp
-from ._histograms import HistogramSet
-from ._instruments import create_views
-from ._metric_reader import PrometheusOtlpReader
-from ._settings import Settings
-from ._version import __version__
+from .._version import __version__
+from ..config import Settings
+from ..export import otlp
+from .histograms import HistogramSet
+from .instruments import create_views
+from .reader import PrometheusOtlpReader
 
 __all__ = ["Metrics", "create_metrics", "create_resource", "new_instance_id", "shutdown_quietly"]
 
@@ -53,7 +53,7 @@ def create_resource(settings: Settings, instance_id: str) -> Resource:
 
 def resource_proto(resource: Resource) -> bytes:
     """The serialized OTLP Resource message of ``resource``."""
-    return _otlp.resource(
+    return otlp.resource(
         {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
     )
 

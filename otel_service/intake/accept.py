@@ -14,12 +14,12 @@ from typing import Any
 
 import msgspec
 
-from ._correlation import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
-from ._errors import Unavailable
-from ._events import KIND_OF, Event
-from ._records import Envelope, decode_envelope, encode_envelope
-from ._spool import SpoolWriter, first_pending, stats
-from ._validation import event_seconds
+from ..model.context import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
+from ..model.errors import Unavailable
+from ..model.events import KIND_OF, Event
+from ..model.validation import event_seconds
+from ..spool.record import Envelope, decode_envelope, encode_envelope
+from ..spool.segments import SpoolWriter, first_pending, stats
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 

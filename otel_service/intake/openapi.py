@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from ._events import SCHEMA_VERSION, Feedback, LabTrack, LlmCall, Prediction
-from ._version import __version__
+from .._version import __version__
+from ..model.events import SCHEMA_VERSION, Feedback, LabTrack, LlmCall, Prediction
 
 __all__ = ["openapi_document"]
 
