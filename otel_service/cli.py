@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
 import urllib.error
@@ -15,12 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._version import __version__
-from .config import ENVIRONMENT, Settings, SettingsError
-from .runtime.app import App, CannotListen, create_app, serve
-from .runtime.export_host import ExportRunner, ProcessRunner, ThreadRunner, build_worker
-from .runtime.server import configure_diagnostics, new_event_loop
-from .spool.segments import SpoolLocked
-from .telemetry.providers import create_metrics, create_resource, new_instance_id
+from .config import Settings, SettingsError, settings_table
+from .runtime.app import refuse_settings, run
 
 __all__ = ["main"]
 
@@ -39,12 +33,19 @@ SAMPLE_EVENT = {
 }
 
 
+def help_epilog() -> str:
+    """The settings table as ``--help`` shows it: every variable, its default and meaning."""
+    rows = settings_table()
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"  {name:<{width}}  {text} (default: {default})" for name, default, text in rows]
+    return "Environment variables (every setting):\n" + "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-service",
         description="Telemetry sidecar for AI/ML apps: JSON events in, OpenTelemetry out.",
-        epilog="Environment variables:\n"
-        + "\n".join(f"  {name}: {text}" for name, text in ENVIRONMENT.items()),
+        epilog=help_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"otel-service {__version__}")
@@ -58,47 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--token", default=os.environ.get("OTELSVC_AUTH_TOKEN"), help="bearer token")
     send.add_argument("--timeout", type=float, default=5.0)
     return parser
-
-
-async def _serve_until_signalled(app: App) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await serve(app, stop)
-
-
-def _serve(settings: Settings) -> int:
-    configure_diagnostics(settings.log_level)
-    instance_id = new_instance_id()
-    resource = create_resource(settings, instance_id)
-    intake_metrics = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
-    runner: ExportRunner
-    if settings.export_mode == "thread":
-        runner = ThreadRunner(build_worker(settings, resource))
-    else:
-        runner = ProcessRunner(settings, instance_id)
-    try:
-        app = create_app(settings, runner=runner, metrics=intake_metrics)
-    except SpoolLocked as exc:
-        print(f"otel-service: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"otel-service {__version__} listening on http://{settings.host}:{settings.port} "
-        f"(export: {settings.otlp_endpoint or 'embedded default, no OTLP'})",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
-            loop_runner.run(_serve_until_signalled(app))
-    except CannotListen as exc:
-        print(f"otel-service: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        sys.stdout.flush()
-    return 0
 
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
@@ -147,10 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:
+        if args.command == "serve":
+            return refuse_settings(exc)
         print(f"otel-service: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return _serve(settings)
+        return run(settings)
     return _send(args, settings)
 
 

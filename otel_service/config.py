@@ -1,87 +1,93 @@
-"""Settings, read once from the environment into a frozen object.
+"""Every setting, declared once: the fields of ``Settings`` are the table.
 
-Standard OpenTelemetry variables keep their standard meaning; the service's own use the ``OTELSVC_``
-prefix. Every variable is listed in ``ENVIRONMENT`` with its default and meaning.
+Each field names its environment variable, default, type (a ``Literal`` where it is a choice) and help;
+``Settings.from_env``, ``otel-service --help`` and the README's settings table are all built from the
+fields. Standard OpenTelemetry variables keep their standard meaning; the service's own use the
+``OTELSVC_`` prefix. Read once (``Settings.from_env(os.environ)``, or any mapping in tests), then passed
+down, frozen. ``Settings()`` is what an empty environment gives.
+
+Length: one row per setting (34 of them) and their parsers; split, the table would not be one table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote
 
-from .model.validation import Limits
-
-__all__ = ["ENVIRONMENT", "Settings", "SettingsError", "usable_cpus"]
-
-ENVIRONMENT: dict[str, str] = {
-    "OTEL_SERVICE_NAME": "service.name of everything exported (default: otel-service)",
-    "OTEL_RESOURCE_ATTRIBUTES": "extra resource attributes, key=value,key=value",
-    "OTEL_EXPORTER_OTLP_ENDPOINT": "collector base URL; unset = embedded default (no OTLP export)",
-    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc or http/protobuf (default: http/protobuf)",
-    "OTEL_EXPORTER_OTLP_HEADERS": "headers sent with every export, key=value,key=value",
-    "OTEL_EXPORTER_OTLP_TIMEOUT": "export timeout in ms (default: 10000)",
-    "OTEL_METRIC_EXPORT_INTERVAL": "metric export interval in ms (default: 60000)",
-    "OTEL_METRIC_EXPORT_TIMEOUT": "metric export timeout in ms (default: 30000)",
-    "OTEL_BSP_SCHEDULE_DELAY": "longest wait before spans are exported, in ms (default: 5000)",
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "largest span batch (default: 512)",
-    "OTEL_BLRP_SCHEDULE_DELAY": "longest wait before log records are exported, in ms (default: 1000)",
-    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "largest log batch (default: 512)",
-    "OTELSVC_HOST": "address to bind (default: 127.0.0.1; others need OTELSVC_AUTH_TOKEN)",
-    "OTELSVC_PORT": "port to bind (default: 5001)",
-    "OTELSVC_AUTH_TOKEN": "bearer token required on intake endpoints when set",
-    "OTELSVC_SPOOL_DIR": "directory of the durable export spool (default: $XDG_STATE_HOME/otel-service)",
-    "OTELSVC_SPOOL_MAX_BYTES": "spool size bound; at it intake answers 503 (default: 1073741824)",
-    "OTELSVC_SPOOL_MAX_AGE": "seconds the oldest undelivered event may wait; beyond, intake answers "
-    "503 (default: 86400; 0 = no age bound)",
-    "OTELSVC_SPOOL_FSYNC": "never | interval | always: when to fsync the spool (default: never; "
-    "a crash of the process loses nothing, a power loss may)",
-    "OTELSVC_EXPORT_MODE": "process (export in a child process, default) or thread",
-    "OTELSVC_INTAKE_PROCESSES": "HTTP intake processes sharing the port (SO_REUSEPORT), 1..32 or auto; "
-    "more take more events/s on more cores; rate limits then apply per process (default: auto = the "
-    "usable CPUs, at most 2)",
-    "OTELSVC_MAX_BODY_BYTES": "largest request body after decompression (default: 1048576)",
-    "OTELSVC_MAX_BATCH_ITEMS": "most events in one request (default: 1000)",
-    "OTELSVC_MAX_TENANTS": "distinct business_id values kept as a metric label (default: 200)",
-    "OTELSVC_MAX_LABEL_VALUES": "distinct values per other metric label (default: 200)",
-    "OTELSVC_CARDINALITY_LIMIT": "series per metric before the SDK's overflow series (default: 2000)",
-    "OTELSVC_RATE_LIMIT": "events per second per client; 0 = off (default: 0)",
-    "OTELSVC_CORS_ORIGINS": "comma-separated origins allowed by CORS (default: none)",
-    "OTELSVC_PRICE_TABLE": "path of a JSON price table (default: the packaged one)",
-    "OTELSVC_DEFAULT_PROVIDER": "gen_ai.provider.name when neither sent nor inferable (default: _OTHER)",
-    "OTELSVC_SHUTDOWN_TIMEOUT": "seconds to flush on SIGTERM before exiting (default: 10)",
-    "OTELSVC_LOG_LEVEL": "level of the service's own diagnostics (default: info)",
-}
-
+__all__ = [
+    "AUTO_INTAKE_PROCESSES",
+    "ENVIRONMENT",
+    "MAX_INTAKE_PROCESSES",
+    "README_END",
+    "README_START",
+    "Settings",
+    "SettingsError",
+    "markdown_table",
+    "settings_table",
+    "usable_cpus",
+]
 
 MAX_INTAKE_PROCESSES = 32
 #: ``OTELSVC_INTAKE_PROCESSES=auto`` (the default) starts one per usable CPU, up to this many: two
 #: intake processes and the export process fill two cores; past that, measure before adding more.
 AUTO_INTAKE_PROCESSES = 2
 _CGROUP = Path("/sys/fs/cgroup")
+_T = TypeVar("_T")
+
+Protocol = Literal["grpc", "http/protobuf"]
+Fsync = Literal["never", "interval", "always"]
+ExportMode = Literal["process", "thread"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
+# -- how a variable's text becomes a value: each parser gets (variable, text) -----------------------
 
 
-def _pairs(raw: str) -> dict[str, str]:
+def _integer(minimum: int = 0, maximum: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name} must be {minimum}..{maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: int = 0, *, millis: bool = False) -> Callable[[str, str], float]:
+    """A whole number of seconds, or of milliseconds (the OTEL_* convention), as float seconds."""
+    integer = _integer(minimum)
+    return lambda name, raw: integer(name, raw) / (1000 if millis else 1)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _lower(name: str, raw: str) -> str:
+    return raw.lower()
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _pairs(name: str, raw: str) -> dict[str, str]:
     """``key=value,key=value`` with percent-encoded keys and values (the OpenTelemetry format)."""
     out: dict[str, str] = {}
     for item in raw.split(","):
@@ -92,13 +98,44 @@ def _pairs(raw: str) -> dict[str, str]:
     return out
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _items(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _endpoint(name: str, raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def _intake_processes(name: str, raw: str) -> int | None:
+    """A number of processes, or ``None`` for ``auto`` (resolved by ``from_env``)."""
+    if raw.lower() == "auto":
+        return None
+    return _integer(1, MAX_INTAKE_PROCESSES)(name, raw)
+
+
+def _setting(
+    env: str,
+    default: _T,
+    help: str,
+    *,
+    parse: Callable[[str, str], Any] = _text,
+    shown: str | None = None,
+    strip: bool = True,
+) -> _T:
+    """One row of the table: a dataclass field carrying its variable, parser and help; ``shown``: how
+    ``--help`` and the README state the default."""
+    metadata = {"env": env, "parse": parse, "help": help, "shown": shown, "strip": strip}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata=metadata)  # type: ignore[return-value]
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _measured(
+    env: str, factory: Callable[[], _T], help: str, *, parse: Callable[[str, str], Any], shown: str
+) -> _T:
+    """A row whose default is measured when read (the spool directory, the intake processes)."""
+    metadata = {"env": env, "parse": parse, "help": help, "shown": shown, "strip": True}
+    return dataclasses.field(default_factory=factory, metadata=metadata)
 
 
 def usable_cpus(cgroup: Path = _CGROUP) -> int:
@@ -116,52 +153,185 @@ def usable_cpus(cgroup: Path = _CGROUP) -> int:
         return cpus
 
 
-def _intake_processes(env: Mapping[str, str], cpus: int) -> int:
-    raw = env.get("OTELSVC_INTAKE_PROCESSES", "").strip().lower()
-    if raw in ("", "auto"):
-        return max(1, min(AUTO_INTAKE_PROCESSES, cpus))
-    return _int(env, "OTELSVC_INTAKE_PROCESSES", 1, 1)
+def _auto_intake_processes(cpus: int) -> int:
+    return max(1, min(AUTO_INTAKE_PROCESSES, cpus))
 
 
-def _default_spool(env: Mapping[str, str]) -> Path:
-    state = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "state")
-    return Path(state) / "otel-service" / "spool"
+def _default_spool(state_home: str | None = None, home: str | None = None) -> Path:
+    """``$XDG_STATE_HOME/otel-service/spool``, else under ``~/.local/state``."""
+    state = Path(state_home) if state_home else Path(home or Path.home()) / ".local" / "state"
+    return state / "otel-service" / "spool"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 5001
-    auth_token: str | None = None
-    service_name: str = "otel-service"
-    resource_attributes: Mapping[str, str] = field(default_factory=dict)
-    otlp_endpoint: str | None = None
-    otlp_protocol: str = "http/protobuf"
-    otlp_headers: Mapping[str, str] = field(default_factory=dict)
-    otlp_timeout: float = 10.0
-    metric_export_interval: float = 60.0
-    metric_export_timeout: float = 30.0
-    span_schedule_delay: float = 5.0
-    span_batch_size: int = 512
-    log_schedule_delay: float = 1.0
-    log_batch_size: int = 512
-    spool_dir: Path = Path(".otel-service-spool")
-    spool_max_bytes: int = 1 << 30
-    spool_max_age: float = 86_400.0
-    spool_fsync: str = "never"
-    export_mode: str = "process"
-    intake_processes: int = 1
-    max_body_bytes: int = 1 << 20
-    limits: Limits = field(default_factory=Limits)
-    max_tenants: int = 200
-    max_label_values: int = 200
-    cardinality_limit: int = 2000
-    rate_limit: float = 0.0
-    cors_origins: tuple[str, ...] = ()
-    price_table: Path | None = None
-    default_provider: str = "_OTHER"
-    shutdown_timeout: float = 10.0
-    log_level: str = "info"
+    """The sidecar's settings; each field is one row of the settings table."""
+
+    # -- standard OpenTelemetry variables ------------------------------------------------------
+    service_name: str = _setting(
+        "OTEL_SERVICE_NAME",
+        "otel-service",
+        "service.name of everything exported (else service.name in OTEL_RESOURCE_ATTRIBUTES)",
+    )
+    resource_attributes: Mapping[str, str] = _setting(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        {},
+        "extra resource attributes, key=value,key=value",
+        parse=_pairs,
+        shown="none",
+    )
+    otlp_endpoint: str | None = _setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        None,
+        "collector base URL; unset = embedded default (no OTLP export)",
+        parse=_endpoint,
+    )
+    otlp_protocol: Protocol = _setting("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "the OTLP transport")
+    otlp_headers: Mapping[str, str] = _setting(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        {},
+        "headers sent with every export, key=value,key=value",
+        parse=_pairs,
+        shown="none",
+    )
+    otlp_timeout: float = _setting(
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        10.0,
+        "export timeout in ms",
+        parse=_seconds(1, millis=True),
+        shown="10000",
+    )
+    metric_export_interval: float = _setting(
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        60.0,
+        "metric export interval in ms",
+        parse=_seconds(1, millis=True),
+        shown="60000",
+    )
+    metric_export_timeout: float = _setting(
+        "OTEL_METRIC_EXPORT_TIMEOUT",
+        30.0,
+        "metric export timeout in ms",
+        parse=_seconds(1, millis=True),
+        shown="30000",
+    )
+    span_schedule_delay: float = _setting(
+        "OTEL_BSP_SCHEDULE_DELAY",
+        5.0,
+        "longest wait before spans are exported, in ms",
+        parse=_seconds(0, millis=True),
+        shown="5000",
+    )
+    span_batch_size: int = _setting(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, "largest span batch", parse=_integer(1)
+    )
+    log_schedule_delay: float = _setting(
+        "OTEL_BLRP_SCHEDULE_DELAY",
+        1.0,
+        "longest wait before log records are exported, in ms",
+        parse=_seconds(0, millis=True),
+        shown="1000",
+    )
+    log_batch_size: int = _setting(
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512, "largest log batch", parse=_integer(1)
+    )
+    # -- the service's own ---------------------------------------------------------------------
+    host: str = _setting("OTELSVC_HOST", "127.0.0.1", "address to bind; others need OTELSVC_AUTH_TOKEN")
+    port: int = _setting("OTELSVC_PORT", 5001, "port to bind", parse=_integer(0, 65535))
+    auth_token: str | None = _setting(
+        "OTELSVC_AUTH_TOKEN", None, "bearer token required on intake endpoints when set", strip=False
+    )
+    spool_dir: Path = _measured(
+        "OTELSVC_SPOOL_DIR",
+        _default_spool,
+        "directory of the durable export spool; a second sidecar on one host needs its own",
+        parse=_path,
+        shown="$XDG_STATE_HOME/otel-service/spool (~/.local/state/...)",
+    )
+    spool_max_bytes: int = _setting(
+        "OTELSVC_SPOOL_MAX_BYTES",
+        1 << 30,
+        "spool size bound; at it intake answers 503",
+        parse=_integer(1 << 16),
+        shown="1073741824",
+    )
+    spool_max_age: float = _setting(
+        "OTELSVC_SPOOL_MAX_AGE",
+        86_400.0,
+        "seconds the oldest undelivered event may wait; beyond, intake answers 503 (0 = no age bound)",
+        parse=_seconds(0),
+        shown="86400",
+    )
+    spool_fsync: Fsync = _setting(
+        "OTELSVC_SPOOL_FSYNC",
+        "never",
+        "when to fsync the spool (never: a crash of the process loses nothing, a power loss may; "
+        "interval: every 100 ms; always: before each answer)",
+    )
+    export_mode: ExportMode = _setting(
+        "OTELSVC_EXPORT_MODE", "process", "where export runs: a child process, or a thread of the first"
+    )
+    intake_processes: int = _measured(
+        "OTELSVC_INTAKE_PROCESSES",
+        lambda: _auto_intake_processes(usable_cpus()),
+        "HTTP intake processes sharing the port (SO_REUSEPORT), 1..32 or auto; more take more events/s "
+        "on more cores; rate limits then apply per process",
+        parse=_intake_processes,
+        shown=f"auto = the usable CPUs, at most {AUTO_INTAKE_PROCESSES}",
+    )
+    max_body_bytes: int = _setting(
+        "OTELSVC_MAX_BODY_BYTES",
+        1 << 20,
+        "largest request body after decompression",
+        parse=_integer(1024),
+        shown="1048576",
+    )
+    max_batch_items: int = _setting(
+        "OTELSVC_MAX_BATCH_ITEMS", 1000, "most events in one request", parse=_integer(1)
+    )
+    max_tenants: int = _setting(
+        "OTELSVC_MAX_TENANTS", 200, "distinct business_id values kept as a metric label", parse=_integer(1)
+    )
+    max_label_values: int = _setting(
+        "OTELSVC_MAX_LABEL_VALUES", 200, "distinct values per other metric label", parse=_integer(1)
+    )
+    cardinality_limit: int = _setting(
+        "OTELSVC_CARDINALITY_LIMIT",
+        2000,
+        "series per metric before the SDK's overflow series",
+        parse=_integer(10),
+    )
+    rate_limit: float = _setting(
+        "OTELSVC_RATE_LIMIT", 0.0, "events per second per client; 0 = off", parse=_seconds(0), shown="0"
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        "OTELSVC_CORS_ORIGINS", (), "comma-separated origins allowed by CORS", parse=_items, shown="none"
+    )
+    price_table: Path | None = _setting(
+        "OTELSVC_PRICE_TABLE", None, "path of a JSON price table", parse=_path, shown="the packaged one"
+    )
+    default_provider: str = _setting(
+        "OTELSVC_DEFAULT_PROVIDER", "_OTHER", "gen_ai.provider.name when neither sent nor inferable"
+    )
+    shutdown_timeout: float = _setting(
+        "OTELSVC_SHUTDOWN_TIMEOUT",
+        10.0,
+        "seconds to flush on SIGTERM before exiting",
+        parse=_seconds(1),
+        shown="10",
+    )
+    log_level: LogLevel = _setting(
+        "OTELSVC_LOG_LEVEL", "info", "level of the service's own diagnostics", parse=_lower
+    )
 
     @property
     def export_delay(self) -> float:
@@ -175,61 +345,27 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, cpus: int | None = None) -> Settings:
         """Read every setting from ``env`` (default: ``os.environ``) and check them; ``cpus``: the
-        usable CPUs (default: measured)."""
+        usable CPUs for ``OTELSVC_INTAKE_PROCESSES=auto`` (default: measured)."""
         env = os.environ if env is None else env
-        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip() or "http/protobuf"
-        if protocol not in ("grpc", "http/protobuf"):
-            raise SettingsError(
-                f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, got {protocol!r}"
-            )
-        fsync = env.get("OTELSVC_SPOOL_FSYNC", "never").strip() or "never"
-        if fsync not in ("never", "interval", "always"):
-            raise SettingsError(f"OTELSVC_SPOOL_FSYNC must be never, interval or always, got {fsync!r}")
-        mode = env.get("OTELSVC_EXPORT_MODE", "process").strip() or "process"
-        if mode not in ("process", "thread"):
-            raise SettingsError(f"OTELSVC_EXPORT_MODE must be process or thread, got {mode!r}")
-        resource = _pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
-        service_name = env.get("OTEL_SERVICE_NAME", "").strip() or resource.get(
-            "service.name", "otel-service"
-        )
-        spool = env.get("OTELSVC_SPOOL_DIR", "").strip()
-        price_table = env.get("OTELSVC_PRICE_TABLE", "").strip()
-        settings = cls(
-            host=env.get("OTELSVC_HOST", "127.0.0.1").strip() or "127.0.0.1",
-            port=_int(env, "OTELSVC_PORT", 5001),
-            auth_token=env.get("OTELSVC_AUTH_TOKEN") or None,
-            service_name=service_name,
-            resource_attributes=resource,
-            otlp_endpoint=(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/") or None),
-            otlp_protocol=protocol,
-            otlp_headers=_pairs(env.get("OTEL_EXPORTER_OTLP_HEADERS", "")),
-            otlp_timeout=_int(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, 1) / 1000,
-            metric_export_interval=_int(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000, 1) / 1000,
-            metric_export_timeout=_int(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30_000, 1) / 1000,
-            span_schedule_delay=_int(env, "OTEL_BSP_SCHEDULE_DELAY", 5_000) / 1000,
-            span_batch_size=_int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1),
-            log_schedule_delay=_int(env, "OTEL_BLRP_SCHEDULE_DELAY", 1_000) / 1000,
-            log_batch_size=_int(env, "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512, 1),
-            spool_dir=Path(spool) if spool else _default_spool(env),
-            spool_max_bytes=_int(env, "OTELSVC_SPOOL_MAX_BYTES", 1 << 30, 1 << 16),
-            spool_max_age=float(_int(env, "OTELSVC_SPOOL_MAX_AGE", 86_400)),
-            spool_fsync=fsync,
-            export_mode=mode,
-            intake_processes=_intake_processes(env, usable_cpus() if cpus is None else cpus),
-            max_body_bytes=_int(env, "OTELSVC_MAX_BODY_BYTES", 1 << 20, 1024),
-            limits=Limits(max_items=_int(env, "OTELSVC_MAX_BATCH_ITEMS", 1000, 1)),
-            max_tenants=_int(env, "OTELSVC_MAX_TENANTS", 200, 1),
-            max_label_values=_int(env, "OTELSVC_MAX_LABEL_VALUES", 200, 1),
-            cardinality_limit=_int(env, "OTELSVC_CARDINALITY_LIMIT", 2000, 10),
-            rate_limit=float(_int(env, "OTELSVC_RATE_LIMIT", 0)),
-            cors_origins=tuple(
-                o.strip() for o in env.get("OTELSVC_CORS_ORIGINS", "").split(",") if o.strip()
-            ),
-            price_table=Path(price_table) if price_table else None,
-            default_provider=env.get("OTELSVC_DEFAULT_PROVIDER", "").strip() or "_OTHER",
-            shutdown_timeout=float(_int(env, "OTELSVC_SHUTDOWN_TIMEOUT", 10, 1)),
-            log_level=env.get("OTELSVC_LOG_LEVEL", "info").strip().lower() or "info",
-        )
+        values: dict[str, Any] = {}
+        for row in dataclasses.fields(cls):
+            meta = row.metadata
+            raw = env.get(meta["env"], "")
+            raw = raw.strip() if meta["strip"] else raw
+            value = meta["parse"](meta["env"], raw) if raw else None
+            choices = _CHOICES.get(row.name)
+            if choices is not None and value is not None and value not in choices:
+                raise SettingsError(f"{meta['env']} must be {_one_of(choices)}, got {raw!r}")
+            if value is not None:
+                values[row.name] = value
+        # Defaults that depend on other variables, or on the machine:
+        if "service_name" not in values and "service.name" in values.get("resource_attributes", {}):
+            values["service_name"] = values["resource_attributes"]["service.name"]
+        if "spool_dir" not in values:
+            values["spool_dir"] = _default_spool(env.get("XDG_STATE_HOME"), env.get("HOME"))
+        if "intake_processes" not in values:  # unset or auto
+            values["intake_processes"] = _auto_intake_processes(usable_cpus() if cpus is None else cpus)
+        settings = cls(**values)
         settings.check()
         return settings
 
@@ -245,3 +381,54 @@ class Settings:
             raise SettingsError(
                 f"OTELSVC_INTAKE_PROCESSES must be 1..{MAX_INTAKE_PROCESSES}, got {self.intake_processes}"
             )
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def _literal_choices() -> dict[str, tuple[str, ...]]:
+    hints = typing.get_type_hints(Settings)
+    return {
+        name: tuple(str(arg) for arg in typing.get_args(hint))
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is Literal
+    }
+
+
+#: The allowed values of each ``Literal`` setting, from its type.
+_CHOICES = _literal_choices()
+
+
+def _shown(row: dataclasses.Field[Any]) -> str:
+    if row.metadata["shown"] is not None:
+        return str(row.metadata["shown"])
+    return "unset" if row.default is None else str(row.default)
+
+
+def _meaning(row: dataclasses.Field[Any]) -> str:
+    choices = _CHOICES.get(row.name)
+    text = str(row.metadata["help"])
+    return f"{text}: {_one_of(choices)}" if choices else text
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, in declaration order."""
+    return [(row.metadata["env"], _shown(row), _meaning(row)) for row in dataclasses.fields(Settings)]
+
+
+#: Every variable and its meaning (with the default), for ``--help`` and tests.
+ENVIRONMENT: dict[str, str] = {env: f"{text} (default: {default})" for env, default, text in settings_table()}
+
+
+#: The README's settings table stands between these lines (``make settings-table`` rewrites it).
+README_START = "<!-- settings table: written by `make settings-table` from otel_service/config.py -->"
+README_END = "<!-- end of the settings table -->"
+
+
+def markdown_table() -> str:
+    """The settings table in Markdown, between ``README_START`` and ``README_END``."""
+    rows = [f"| `{name}` | `{default}` | {text} |" for name, default, text in settings_table()]
+    return "\n".join(
+        [README_START, "", "| variable | default | meaning |", "| --- | --- | --- |", *rows, "", README_END]
+    )

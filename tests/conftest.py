@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from otel_service.config import Settings
 from otel_service.model.events import Event
 from otel_service.runtime.app import SERVER_OPTIONS, App, create_app
-from otel_service.runtime.export_host import ThreadRunner, build_worker
+from otel_service.runtime.export_host import ThreadRunner, wire_export
 from otel_service.spool.record import Envelope
 from otel_service.telemetry.providers import create_metrics, create_resource
 from otel_service.testing import OtlpReceiver
@@ -108,7 +108,7 @@ async def start_in_process(settings: Settings, log: io.BytesIO) -> tuple[App, Th
     """The app wired as in production, with export in a thread writing its log lines to ``log``;
     started (the caller stops it)."""
     resource = create_resource(settings, "test-instance")
-    runner = ThreadRunner(build_worker(settings, resource, log_stream=log))
+    runner = ThreadRunner(wire_export(settings, resource, log_stream=log))
     intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     app = create_app(settings, runner=runner, metrics=intake)
     await app.start()

@@ -673,3 +673,67 @@ async def test_expect_100_continue_is_answered_before_the_body(start_app: StartA
     assert (interim, final[:12]) == (b"", b"HTTP/1.1 413")
     interim, final = await _raw_exchange(port, head("something-else", len(body)), body)
     assert (interim, final[:12]) == (b"", b"HTTP/1.1 417")
+
+
+async def test_a_batch_answers_with_the_requests_correlation_id(start_app: StartApp) -> None:
+    """A batch's X-Correlation-ID is the trace its parentless events share, whatever its first item holds."""
+    app = await start_app()
+    own_trace = {
+        "kind": "llm_call",
+        "model": "m",
+        "duration_ms": 1,
+        "trace_id": "a" * 32,
+        "span_id": "b" * 16,
+    }
+    plain = {"kind": "llm_call", "model": "m", "duration_ms": 1}
+    response = await app.client.post("/v1/events", json=[own_trace, plain, plain])
+    assert response.status == 202
+    header = response.headers["X-Correlation-ID"]
+    assert app.caught_up()
+    lines = [orjson.loads(line) for line in app.log_lines()]
+    assert [(line["trace_id"], line["correlation_id"]) for line in lines] == [
+        ("a" * 32, "a" * 32),
+        (header, header),
+        (header, header),
+    ]
+
+
+async def test_a_refused_batch_still_answers_with_a_correlation_id(start_app: StartApp) -> None:
+    """Every item refused: the 400 answer carries the request's correlation ID (the header's here)."""
+    app = await start_app()
+    response = await app.client.post(
+        "/v1/events", json=[{"kind": "llm_call"}], headers={"X-Request-ID": "r-1"}
+    )
+    assert response.status == 400
+    assert response.headers["X-Correlation-ID"] == "r-1"
+
+
+async def test_the_parents_sampled_flag_and_tracestate_reach_the_span(
+    receiver: OtlpReceiver, start_app: StartApp
+) -> None:
+    """traceparent's sampled flag and tracestate are carried onto the span, and the flag onto the log."""
+    app = await start_app(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint)
+    unsampled = TRACEPARENT[:-2] + "00"
+    for correlation, headers in (
+        ("unsampled", {"traceparent": unsampled, "tracestate": "vendor=opaque,other=1"}),
+        ("sampled", {"traceparent": TRACEPARENT, "tracestate": "v=" + "a" * 600}),
+        ("root", {}),
+    ):
+        event = {"kind": "llm_call", "model": "m", "duration_ms": 1, "correlation_id": correlation}
+        assert (await app.client.post("/v1/events", json=event, headers=headers)).status == 202
+    assert receiver.wait_for_spans(3)
+    assert receiver.wait_for_logs(3)
+    spans = {
+        next(kv.value.string_value for kv in span.attributes if kv.key == "correlation_id"): span
+        for span in receiver.spans()
+    }
+    assert {name: (span.flags, span.trace_state) for name, span in spans.items()} == {
+        "unsampled": (0x300, "vendor=opaque,other=1"),  # remote parent known (bits 8, 9); not sampled
+        "sampled": (0x301, ""),  # a tracestate over 512 characters is dropped
+        "root": (0x101, ""),
+    }
+    flags = {
+        next(kv.value.string_value for kv in record.attributes if kv.key == "correlation_id"): record.flags
+        for record in receiver.logs()
+    }
+    assert flags == {"unsampled": 0, "sampled": 1, "root": 1}

@@ -124,3 +124,43 @@ def test_embedded_default_serves_metrics_without_a_collector(serve) -> None:  # 
     detail = json.loads(sidecar.get("/health/detailed"))
     assert detail["export"]["enabled"] is False
     assert detail["export"]["processed"] == 1
+
+
+def _diagnostics(err: bytes) -> list[dict[str, object]]:
+    """stderr as the JSON objects it must consist of (fails on any other line)."""
+    return [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+
+
+def test_diagnostics_are_json_lines_and_listening_comes_after_the_bind(sidecar_env: dict[str, str]) -> None:
+    """A taken port: stderr is JSON lines with stable event names, and never claims to be listening."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        process = run_cli("serve", "--port", str(port), env=sidecar_env)
+        _, err = process.communicate(timeout=60)
+    lines = _diagnostics(err)
+    assert [(line["event"], line["level"], line["process"]) for line in lines] == [
+        ("cannot_listen", "error", "intake-0")
+    ]
+    assert f"127.0.0.1:{port}" in str(lines[0]["message"])
+
+
+def test_a_second_sidecar_on_one_spool_says_how_to_run_it(serve, sidecar_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """The spool in use: exit 2 with a JSON line whose hint names OTELSVC_SPOOL_DIR."""
+    serve()
+    process = run_cli("serve", "--port", str(free_port()), env=sidecar_env)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err.decode()
+    [line] = [line for line in _diagnostics(err) if line["event"] == "spool_in_use"]
+    assert "OTELSVC_SPOOL_DIR" in str(line["hint"])
+
+
+def test_a_running_sidecar_says_listening_once_as_json(serve) -> None:  # type: ignore[no-untyped-def]
+    """Started and stopped: every stderr line is JSON; one 'listening' line names the bound address."""
+    sidecar = serve()
+    sidecar.process.send_signal(signal.SIGTERM)
+    _, err = sidecar.process.communicate(timeout=60)
+    lines = _diagnostics(err)
+    listening = [line for line in lines if line["event"] == "listening"]
+    assert [line["message"] for line in listening] == [
+        f"otel-service {__version__} listening on http://127.0.0.1:{sidecar.port}"
+    ]

@@ -14,9 +14,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_service.config import Settings
 from otel_service.export.sender import Sender, SendResult
 from otel_service.export.worker import ExportWorker
-from otel_service.runtime.export_host import build_worker
+from otel_service.runtime.export_host import wire_export
+from otel_service.spool import SpoolWriter, end_position
 from otel_service.spool.record import encode_envelope
-from otel_service.spool.segments import SpoolWriter, end_position
 from otel_service.telemetry.providers import create_resource
 
 from .conftest import envelope
@@ -64,7 +64,7 @@ def _worker(spool: Path, records: int, sender: Sender, log: io.BytesIO) -> Expor
             "OTEL_BSP_SCHEDULE_DELAY": "0",
         }
     )
-    return build_worker(settings, create_resource(settings, "t"), log_stream=log, sender=sender).worker
+    return wire_export(settings, create_resource(settings, "t"), log_stream=log, sender=sender).worker
 
 
 def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_spool_order(

@@ -18,8 +18,8 @@ import pytest
 
 from otel_service.config import Settings, SettingsError
 from otel_service.intake.accept import IntakeStats
+from otel_service.spool import SpoolReader, SpoolWriter
 from otel_service.spool.record import Envelope, decode_envelope, encode_envelope
-from otel_service.spool.segments import SpoolReader, SpoolWriter
 from otel_service.spool.shards import ShardMerger, shard_dir
 from otel_service.telemetry.histograms import FastHistogram
 from otel_service.testing import Failure, OtlpReceiver

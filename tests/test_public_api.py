@@ -29,7 +29,7 @@ ALLOWED_INSIDE = {
     "intake": {"model", "spool", "telemetry", "config", "intake"},
     "export": {"model", "spool", "telemetry", "config", "export"},
     "runtime": {"model", "spool", "telemetry", "config", "intake", "export", "runtime"},
-    "cli": {"config", "runtime", "spool"},
+    "cli": {"config", "runtime"},
     "client": set(),
     "testing": set(),
     "__init__": {"model", "config", "client"},
@@ -187,7 +187,7 @@ def test_long_modules_say_why(name: str, path: Path) -> None:
 def test_an_intake_process_loads_neither_grpc_nor_the_export_side() -> None:
     """The extra intake processes import their entry point only: no gRPC, exporter or export package."""
     code = (
-        "import sys, otel_service.runtime.intake_group\n"
+        "import sys, otel_service.runtime.intake_process\n"
         "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('grpc')}"
         " | {m for m in sys.modules if m.startswith(('otel_service.export', 'opentelemetry.exporter'))}))"
     )

@@ -12,8 +12,8 @@ import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otel_service.export import recorder as _recorder
 from otel_service.export.recorder import Recorder
+from otel_service.export.recorder import plans as _plans
 from otel_service.model.pricing import load_price_table
 from otel_service.telemetry.instruments import WorkerInstruments
 from otel_service.telemetry.logs import EventLogger
@@ -118,10 +118,10 @@ def test_overflowing_labels_are_counted_for_every_event(metrics: Metrics) -> Non
 
 def test_plan_cache_starts_over_when_full(metrics: Metrics, monkeypatch: pytest.MonkeyPatch) -> None:
     """More distinct plans than the cache holds: totals are the same as with every plan cached."""
-    monkeypatch.setattr(_recorder, "_MAX_PLANS", 2)
+    monkeypatch.setattr(_plans, "_MAX_PLANS", 2)
     recorder = make_recorder(metrics, io.BytesIO())
     for _ in range(3):
         recorder.record([envelope(n, model=f"m{n % 5}", input_tokens=n) for n in range(10)])
     by_model = {dict(k)["model"]: v for k, v in values(metrics, "ai_tokens_used").items()}
     assert by_model == {f"m{m}": 3 * (m + m + 5) for m in range(5) if m + m + 5}
-    assert len(recorder._llm_plans) <= 2
+    assert len(recorder._plans._llm) <= 2

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-import otel_service
+from otel_service import cli as cli_module
 from otel_service import config as settings_module
 from otel_service.config import ENVIRONMENT, Settings, SettingsError
 from otel_service.model.validation import Limits
 
 BASE = {"XDG_STATE_HOME": "/state"}
-DEFAULT = Settings(spool_dir=Path("/state/otel-service/spool"))
+DEFAULT = Settings(spool_dir=Path("/state/otel-service/spool"), intake_processes=1)
 
 
 def _from(**env: str) -> Settings:
@@ -34,7 +34,7 @@ def test_defaults() -> None:
         None,
     )
     assert settings.auth_token is None
-    assert settings.limits == Limits()
+    assert settings.max_batch_items == Limits().max_items
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "OTELSVC_EXPORT_MODE": ("thread", {"export_mode": "thread"}),
     "OTELSVC_INTAKE_PROCESSES": ("3", {"intake_processes": 3}),
     "OTELSVC_MAX_BODY_BYTES": ("2048", {"max_body_bytes": 2048}),
-    "OTELSVC_MAX_BATCH_ITEMS": ("10", {"limits": Limits(max_items=10)}),
+    "OTELSVC_MAX_BATCH_ITEMS": ("10", {"max_batch_items": 10}),
     "OTELSVC_MAX_TENANTS": ("5", {"max_tenants": 5}),
     "OTELSVC_MAX_LABEL_VALUES": ("7", {"max_label_values": 7}),
     "OTELSVC_CARDINALITY_LIMIT": ("100", {"cardinality_limit": 100}),
@@ -110,7 +110,7 @@ def test_examples_cover_every_documented_variable() -> None:
 
 
 def _names_read_by_settings_module() -> set[str]:
-    """OTEL* string constants in _settings.py outside the ENVIRONMENT table itself."""
+    """OTEL* string constants in config.py outside the ENVIRONMENT table itself."""
     tree = ast.parse(Path(settings_module.__file__).read_text("utf-8"))
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -128,14 +128,14 @@ def _names_read_by_settings_module() -> set[str]:
 
 
 def test_environment_lists_exactly_the_variables_read() -> None:
-    """Every ENVIRONMENT name is read in _settings.py, and every OTEL* name read there is documented."""
+    """Every ENVIRONMENT name is read in config.py, and every OTEL* name read there is documented."""
     read = _names_read_by_settings_module()
     assert read == set(ENVIRONMENT)
 
 
 def test_environment_is_exported_with_descriptions() -> None:
-    """The package exposes the table, and every entry has a description."""
-    assert otel_service.ENVIRONMENT is ENVIRONMENT
+    """The config module exposes the table, and every entry has a description."""
+    assert settings_module.ENVIRONMENT is ENVIRONMENT
     assert all(description.strip() for description in ENVIRONMENT.values())
     assert not [
         name for name in ENVIRONMENT if name.startswith("OTEL_SERVICE_") and name != "OTEL_SERVICE_NAME"
@@ -288,3 +288,56 @@ def test_usable_cpus_honour_a_cgroup_quota(
     if cpu_max is not None:
         (tmp_path / "cpu.max").write_text(cpu_max)
     assert settings_module.usable_cpus(tmp_path) == expected
+
+
+def test_settings_equal_an_empty_environment() -> None:
+    """Settings() is what an empty environment gives: every default is written once, in the table."""
+    assert Settings() == Settings.from_env({})
+
+
+def test_every_field_is_a_row_of_the_table() -> None:
+    """Each setting declares its variable, help and parser; variables are unique."""
+    rows = dataclasses.fields(Settings)
+    assert all({"env", "help", "parse"} <= set(row.metadata) and row.metadata["help"] for row in rows)
+    assert len({row.metadata["env"] for row in rows}) == len(rows)
+    assert [name for name, _, _ in settings_module.settings_table()] == [row.metadata["env"] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("name", "choices"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc or http/protobuf"),
+        ("OTELSVC_SPOOL_FSYNC", "never, interval or always"),
+        ("OTELSVC_EXPORT_MODE", "process or thread"),
+        ("OTELSVC_LOG_LEVEL", "debug, info, warning or error"),
+    ],
+)
+def test_choices_come_from_the_literal_type(name: str, choices: str) -> None:
+    """A choice setting refuses other values, and the message lists the choices its type allows."""
+    with pytest.raises(SettingsError, match=re.escape(f"{name} must be {choices}, got 'nope'")):
+        _from(**{name: "nope"})
+
+
+def _readme_settings_rows() -> list[tuple[str, str, str]]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    start = readme.index(settings_module.README_START)
+    end = readme.index(settings_module.README_END)
+    rows = []
+    for line in readme[start:end].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows.append((cells[0].strip("`"), cells[1].strip("`"), cells[2]))
+    return rows
+
+
+def test_the_readme_table_is_the_settings_table() -> None:
+    """README's settings table lists every variable with the default and meaning config.py declares."""
+    assert _readme_settings_rows() == settings_module.settings_table()
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    """``otel-service --help`` shows every variable of the table with its default."""
+    epilog = cli_module.help_epilog()
+    for name, default, text in settings_module.settings_table():
+        line = f"{text} (default: {default})"
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(line)}$", epilog, re.M)

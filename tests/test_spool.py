@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_service.spool.segments import (
+from otel_service.spool import (
     Cursor,
     Position,
     SpoolLocked,

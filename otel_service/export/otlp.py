@@ -147,9 +147,15 @@ def span_status(error: str | None) -> bytes:
     return _len(b"\x7a", _len(b"\x12", error.encode()) + b"\x18" + _varint(_STATUS_ERROR))
 
 
-# flags (field 16, fixed32): sampled, and "is the parent remote" known: it is when the app sent one.
-_FLAGS_ROOT = b"\x85\x01" + _FIXED32.pack(0x101)
-_FLAGS_REMOTE_PARENT = b"\x85\x01" + _FIXED32.pack(0x301)
+# flags (field 16, fixed32): the W3C trace flags (sampled: bit 0), and "is the parent remote" known
+# (bit 8): it is remote when the app sent one (bit 9). Indexed by (has a parent, sampled).
+_SPAN_FLAGS = {
+    (parent, sampled): b"\x85\x01" + _FIXED32.pack(0x100 | (0x200 if parent else 0) | (1 if sampled else 0))
+    for parent in (False, True)
+    for sampled in (False, True)
+}
+# LogRecord flags (field 8, fixed32): the W3C trace flags.
+_LOG_FLAGS = {True: b"\x45\x01\x00\x00\x00", False: b"\x45\x00\x00\x00\x00"}
 
 
 def span(
@@ -163,15 +169,19 @@ def span(
     attributes: Mapping[str, Value | None],
     encoded_attributes: bytes = b"",
     status: bytes = b"",
+    sampled: bool = True,
+    tracestate: str | None = None,
 ) -> bytes:
     """A Span message body from its parts; ``head``, ``encoded_attributes`` and ``status`` come from
-    ``span_head``, ``span_attributes`` and ``span_status``."""
+    ``span_head``, ``span_attributes`` and ``span_status``; ``sampled`` and ``tracestate`` are the
+    parent's (W3C trace context), carried on."""
     return b"".join(
         (
             b"\x0a\x10",
             bytes.fromhex(trace_id),
             b"\x12\x08",
             bytes.fromhex(span_id),
+            _len(b"\x1a", tracestate.encode()) if tracestate else b"",
             b"\x22\x08" + bytes.fromhex(parent_span_id) if parent_span_id else b"",
             head,
             b"\x39",
@@ -181,7 +191,7 @@ def span(
             encoded_attributes,
             key_values(attributes, b"\x4a"),
             status,
-            _FLAGS_REMOTE_PARENT if parent_span_id else _FLAGS_ROOT,
+            _SPAN_FLAGS[parent_span_id is not None, sampled],
         )
     )
 
@@ -207,8 +217,10 @@ def log_record(
     head: bytes,
     body: bytes,
     attributes: Mapping[str, Value | None],
+    sampled: bool = True,
 ) -> bytes:
-    """A LogRecord message body; ``head`` comes from ``log_head``, ``body`` is the UTF-8 log line."""
+    """A LogRecord message body; ``head`` comes from ``log_head``, ``body`` is the UTF-8 log line;
+    ``sampled``: the trace flags of the span it belongs to."""
     return b"".join(
         (
             b"\x09",
@@ -216,7 +228,7 @@ def log_record(
             head,
             _len(b"\x2a", _len(b"\x0a", body)),
             key_values(attributes, b"\x32"),
-            b"\x45\x01\x00\x00\x00",
+            _LOG_FLAGS[sampled],
             b"\x4a\x10",
             bytes.fromhex(trace_id),
             b"\x52\x08",

@@ -14,12 +14,12 @@ from typing import Any
 
 import msgspec
 
-from ..model.context import TraceContext, new_span_id, new_trace_id, resolve_correlation_id
+from ..model.context import RequestContext, new_span_id
 from ..model.errors import Unavailable
 from ..model.events import KIND_OF, Event
 from ..model.validation import event_seconds
+from ..spool import SpoolWriter, first_pending, stats
 from ..spool.record import Envelope, decode_envelope, encode_envelope
-from ..spool.segments import SpoolWriter, first_pending, stats
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 
@@ -49,6 +49,10 @@ class IntakeStats:
     #: metrics are observed from these, so the request path only increments a dict.
     received: Counter[tuple[str, str]] = field(default_factory=Counter)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def reject(self, path: str, reason: str) -> None:
+        """Count one refused event or request: the one place rejections are counted."""
+        self.rejected[path, reason] += 1
 
     def accepted_by_kind(self) -> dict[str, int]:
         out: Counter[str] = Counter()
@@ -151,12 +155,7 @@ class Intake:
         return self.spool_bytes() / self._max_bytes
 
     def accept(
-        self,
-        items: Sequence[tuple[int, Event]],
-        *,
-        source: str,
-        header_correlation_id: str | None,
-        parent: TraceContext | None,
+        self, items: Sequence[tuple[int, Event]], *, source: str, request: RequestContext
     ) -> list[Accepted]:
         """Spool ``items`` (index, event); raise ``Unavailable`` when closed or at the bound."""
         if self.closed:
@@ -171,34 +170,28 @@ class Intake:
             )
         now = time.time()
         received_ns = time.time_ns()
-        request_trace = new_trace_id() if parent is None else parent.trace_id
         accepted: list[Accepted] = []
         payloads: list[bytes] = []
         received = self.stats.received
         endpoint = _ENDPOINTS[source]
         for index, event in items:
-            if event.trace_id is not None and event.span_id is not None:
-                trace_id, parent_span = event.trace_id, event.span_id
-                own_parent: TraceContext | None = TraceContext(trace_id, parent_span)
-            elif parent is not None:
-                trace_id, parent_span, own_parent = parent.trace_id, parent.span_id, parent
-            else:
-                trace_id, parent_span, own_parent = request_trace, None, None
+            parent = request.parent_of(event.trace_id, event.span_id)
+            trace_id = request.trace_id if parent is None else parent.trace_id
             span_id = new_span_id()
-            correlation_id = resolve_correlation_id(
-                event.correlation_id, header_correlation_id, own_parent, trace_id
-            )
+            correlation_id = request.event_correlation_id(event.correlation_id, parent)
             payloads.append(
                 encode_envelope(
                     Envelope(
                         event=event,
                         trace_id=trace_id,
                         span_id=span_id,
-                        parent_span_id=parent_span,
+                        parent_span_id=None if parent is None else parent.span_id,
                         correlation_id=correlation_id,
                         end_ns=int(event_seconds(event, now) * 1e9),  # checked by the parser
                         received_ns=received_ns,
                         source=source,
+                        sampled=True if parent is None else parent.sampled,
+                        tracestate=None if parent is None else parent.tracestate,
                     )
                 )
             )

@@ -7,7 +7,6 @@ middleware chain cost about 10 % of a request, and a route table of eight paths 
 from __future__ import annotations
 
 import hmac
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -17,6 +16,7 @@ from aiohttp import web
 from ..model.errors import OtelServiceError, RateLimited, Unauthorized
 from ..telemetry.histograms import HistogramSet
 from ..telemetry.instruments import IntakeInstruments
+from ..telemetry.logs import diagnostics
 from .accept import IntakeStats
 from .rate_limit import RateLimiter
 
@@ -26,7 +26,7 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 #: Path → method → handler. A GET route also answers HEAD.
 Routes = Mapping[str, Mapping[str, Handler]]
 
-_log = logging.getLogger("otel_service")
+_log = diagnostics()
 _OPEN_PATHS = frozenset({"/health", "/ready"})
 _UNMATCHED = "unmatched"
 #: Methods named as such on the request-duration metric; any other is "_OTHER" (semantic conventions).
@@ -128,19 +128,19 @@ def create_handler(
             else:
                 response = await handler(request)
         except OtelServiceError as error:
-            stats.rejected[(path, error.reason)] += 1
+            stats.reject(path, error.reason)
             response = _error_response(error)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             reason = exc.reason.lower().replace(" ", "_")
-            stats.rejected[(path, reason)] += 1
+            stats.reject(path, reason)
             allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
             response = json_response(
                 {"error": reason, "message": exc.text or exc.reason}, status=exc.status, headers=allow
             )
         except Exception:
-            _log.exception("unexpected error on %s %s", request.method, request.path)
+            _log.exception("unexpected_error", method=request.method, path=request.path)
             response = json_response({"error": "internal", "message": "internal error"}, status=500)
         if allowed:
             assert origin is not None

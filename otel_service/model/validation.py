@@ -1,15 +1,13 @@
 """Strict parsing of request bodies into events, before anything reaches the SDK.
 
-The reference path uses the standard library's C JSON scanner with a pairs hook (to refuse duplicate
-keys, NaN and Infinity, and say where), then ``msgspec.convert`` in strict mode against the event model
-(types, bounds, patterns). Bodies that are entirely valid usually take a faster route to the same events:
-see ``_fast_items``; anything it does not accept goes the reference way, which writes the errors.
+The reference path decodes with ``strict_json.decode`` (which refuses duplicate keys, NaN and Infinity,
+and says where), then ``msgspec.convert`` in strict mode against the event model (types, bounds,
+patterns). Bodies that are entirely valid usually take a faster route to the same events: see
+``_fast_items``; anything it does not accept goes the reference way, which writes the errors.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,14 +18,15 @@ import msgspec
 
 from .errors import InvalidEvent
 from .events import EVENT_TYPES, TYPE_OF_KIND, Event, Feedback, LabTrack, LlmCall, text_fields
+from .strict_json import decode as _decode
+from .strict_json import decode_utf8 as _text
+from .strict_json import fast_decode as _fast_decode
 
 __all__ = ["Limits", "ParsedItem", "event_seconds", "event_time", "parse_batch", "parse_track"]
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]+)`")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
-_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _KEY_PATH = re.compile(r" - at `key` in `\$(?P<path>[^`]*)`$")
 _TEXT_FIELDS = {t: text_fields(t) for t in (*EVENT_TYPES, LabTrack)}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -49,136 +48,6 @@ class ParsedItem:
     index: int
     event: Event | None = None
     error: InvalidEvent | None = None
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _Duplicate(key)
-            seen.add(key)
-    return obj
-
-
-def _constant(name: str) -> float:
-    raise _NonFinite(name)
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _NonFinite(text)
-    return value
-
-
-class _Duplicate(ValueError):
-    pass
-
-
-class _NonFinite(ValueError):
-    pass
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
-_FAST_DECODER = msgspec.json.Decoder()
-
-
-def _fast_decode(raw: bytes) -> Any:
-    """The JSON value of ``raw`` decoded by msgspec, or ``None`` unless it is certainly the value the
-    reference decoder returns without error.
-
-    msgspec refuses NaN/Infinity, out-of-range numbers, invalid UTF-8 and trailing data, but keeps the
-    last of duplicate keys silently. Without backslashes (so no escapes: no surrogates or control
-    characters hiding in strings either), every string token is two quote characters, so the body
-    has as many string tokens as the decoded value has keys plus string values exactly when no key
-    was repeated. Raw control characters are invalid JSON; with DEL refused here too, no string of
-    the value holds a control character (``_check_text`` has nothing to find).
-    """
-    if raw.find(b"\\") >= 0 or raw.find(b"\x7f") >= 0:  # (find: twice as fast as "in" here)
-        return None
-    try:
-        value = _FAST_DECODER.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    strings = 1 if type(value) is str else 0
-    stack = [value] if type(value) is dict or type(value) is list else []
-    while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            strings += len(node)
-            node = list(node.values())
-        types = list(map(type, node))
-        strings += types.count(str)
-        if dict in types or list in types:
-            stack.extend(item for item in node if type(item) is dict or type(item) is list)
-    return value if 2 * strings == raw.count(b'"') else None
-
-
-class _Pairs(list[tuple[str, Any]]):
-    """An object's key/value pairs as written (to find where a duplicate key is)."""
-
-
-def _duplicate_path(text: str, where: str) -> str:
-    tree = json.JSONDecoder(object_pairs_hook=_Pairs).raw_decode(text, _WHITESPACE.match(text).end())[0]  # type: ignore[union-attr]
-    stack: list[tuple[Any, str]] = [(tree, where)]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, _Pairs):
-            seen: set[str] = set()
-            for key, value in node:
-                if key in seen:
-                    return f"{path}.{key}"
-                seen.add(key)
-                stack.append((value, f"{path}.{key}"))
-        elif isinstance(node, list):
-            stack.extend((value, f"{path}[{index}]") for index, value in enumerate(node))
-    return where
-
-
-def _decode(text: str, raw: bytes, where: str) -> Any:
-    start = _WHITESPACE.match(text).end()  # type: ignore[union-attr]
-    try:
-        value, end = _DECODER.raw_decode(text, start)
-    except _Duplicate as exc:
-        raise InvalidEvent(
-            f"duplicate key {exc.args[0]!r}", field=_duplicate_path(text, where), reason="duplicate_key"
-        ) from None
-    except _NonFinite as exc:
-        raise InvalidEvent(
-            f"non-finite number {exc.args[0]!r} is not allowed",
-            field=where,
-            reason="invalid_number",
-        ) from None
-    except RecursionError:
-        raise InvalidEvent("JSON nested too deeply", field=where, reason="too_deep") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(
-            f"malformed JSON: {exc.msg} at position {exc.pos}", field=where, reason="malformed_json"
-        ) from None
-    except ValueError:  # e.g. an integer literal beyond Python's digit limit
-        raise InvalidEvent("number too large", field=where, reason="invalid_number") from None
-    if text[end:].strip():
-        raise InvalidEvent("trailing data after the JSON value", field=where, reason="malformed_json")
-    if _SURROGATE_ESCAPE.search(raw):
-        # Escaped surrogates must form valid pairs; msgspec's decoder refuses lone ones.
-        try:
-            msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            raise InvalidEvent(
-                "string contains a lone surrogate escape", field=where, reason="invalid_string"
-            ) from None
-    return value
-
-
-def _text(body: bytes) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent(
-            f"body is not valid UTF-8 (byte {exc.start})", field="$", reason="invalid_encoding"
-        ) from None
 
 
 def _convert(obj: Any, model: type[Any] | Any, prefix: str) -> Any:

@@ -1,26 +1,39 @@
-"""The composition of the HTTP side: ``create_app`` wires intake, export and telemetry; ``serve`` runs it."""
+"""The first intake process: ``run`` starts the sidecar, ``create_app`` wires its HTTP side (intake, the
+status endpoints, the other intake processes, the export host it is given), ``serve`` runs it until
+asked to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 
 import psutil
 from aiohttp import web
 
 from .._version import __version__
-from ..config import Settings
-from ..intake.accept import Intake
-from ..intake.handlers import Service, Status, group_commit, intake_handler, intake_routes, status_routes
+from ..config import Settings, SettingsError
+from ..intake.accept import IntakeStats
+from ..intake.handlers import Service, intake_handler, intake_routes
 from ..intake.server import create_status_handler
-from ..spool.segments import SpoolWriter
-from ..telemetry.instruments import IntakeInstruments
-from ..telemetry.providers import Metrics, shutdown_quietly
-from .export_host import ExportRunner
-from .intake_group import IntakeGroup, intake_spools
-from .server import SERVER_OPTIONS, CannotListen, listen, sync_every
+from ..intake.status import Status, status_routes
+from ..spool import SpoolLocked, SpoolWriter
+from ..spool.commit import sync_every
+from ..telemetry.logs import configure_diagnostics, diagnostics
+from ..telemetry.providers import (
+    Metrics,
+    create_metrics,
+    create_resource,
+    new_instance_id,
+    shutdown_quietly,
+)
+from .export_host import ExportRunner, ProcessRunner, ThreadRunner, wire_export
+from .intake_group import IntakeGroup
+from .loop import SERVER_OPTIONS, CannotListen, listen, new_event_loop
+from .wiring import wire_intake
 
-__all__ = ["SERVER_OPTIONS", "App", "CannotListen", "create_app", "serve"]
+__all__ = ["SERVER_OPTIONS", "App", "CannotListen", "create_app", "refuse_settings", "run", "serve"]
 
 
 class App:
@@ -28,11 +41,18 @@ class App:
     holds the other intake processes, if any."""
 
     def __init__(
-        self, service: Service, status: Status, group: IntakeGroup, writer: SpoolWriter, metrics: Metrics
+        self,
+        service: Service,
+        status: Status,
+        runner: ExportRunner,
+        group: IntakeGroup,
+        writer: SpoolWriter,
+        metrics: Metrics,
     ) -> None:
         self.settings = service.settings
         self.service = service
         self.status = status
+        self.runner = runner
         self.group = group
         self._writer = writer
         self._metrics = metrics
@@ -48,7 +68,7 @@ class App:
     async def start(self) -> None:
         """Start the export side, copying spool shards into the main spool (and, with
         ``OTELSVC_SPOOL_FSYNC=interval``, the fsync timer)."""
-        self.status.runner.start()
+        self.runner.start()
         self.group.start_merging()
         if self.settings.spool_fsync == "interval":
             self._fsync_loop = asyncio.create_task(sync_every(self._writer, 0.1))
@@ -66,7 +86,7 @@ class App:
         self._writer.close()
         timeout = self.settings.shutdown_timeout
         await asyncio.gather(
-            self.status.runner.stop(timeout),
+            self.runner.stop(timeout),
             asyncio.to_thread(shutdown_quietly, self._metrics.provider, timeout),
         )
 
@@ -75,33 +95,23 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
     """The sidecar's HTTP side. ``runner`` hosts the export side; ``metrics`` carries the intake's own
     metrics (``App.stop`` shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
-    intake = Intake(
+    group = IntakeGroup(settings, writer, IntakeStats())
+    service = wire_intake(  # its metrics count every intake process's events
+        settings,
         writer,
-        max_spool_bytes=settings.spool_max_bytes,
-        max_spool_age=settings.spool_max_age,
-        spools=intake_spools(settings),
-    )
-    group = IntakeGroup(settings, writer, intake.stats)
-    instruments = IntakeInstruments.create(
-        metrics.provider.get_meter("otel_service.intake", __version__),
-        metrics.histograms,
+        meter=metrics.provider.get_meter("otel_service.intake", __version__),
+        histograms=metrics.histograms,
+        stats=group.own_stats,
         received=lambda: group.stats().received,
         rejected=lambda: group.stats().rejected,
         shards=group.shard_counts,
     )
     if len(group):  # one request-duration series per attribute set, whichever process served it
-        instruments.request_duration.peers = group.published_durations
-    service = Service(
-        settings,
-        intake,
-        instruments,
-        metrics.histograms,
-        commit=group_commit(settings, writer),
-    )
+        service.instruments.request_duration.peers = group.published_durations
     status = Status(
         service, runner, metrics.registry, psutil.Process(), group.stats, group.processes, group.problems
     )
-    return App(service, status, group, writer, metrics)
+    return App(service, status, runner, group, writer, metrics)
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:
@@ -116,7 +126,62 @@ async def serve(app: App, stop: asyncio.Event) -> None:
         await app.group.wait_for_predecessors(settings.shutdown_timeout + 2)
         port = await listen(runner, settings.host, settings.port, shared=len(app.group) > 0)
         await app.group.start(port, app.handle_status)
+        diagnostics().info(
+            "listening",
+            message=f"otel-service {__version__} listening on http://{settings.host}:{port}",
+            export=settings.otlp_endpoint or "embedded default, no OTLP",
+            intake_processes=len(app.group) + 1,
+        )
         await stop.wait()
     finally:
         await asyncio.gather(runner.cleanup(), app.group.stop(settings.shutdown_timeout))
         await app.stop()
+
+
+async def _serve_until_signalled(app: App) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(app, stop)
+
+
+def run(settings: Settings) -> int:
+    """``otel-service serve``: the whole sidecar in this process (the first intake process) and its
+    children, until SIGINT or SIGTERM; 0 after a graceful stop, 2 if it cannot start."""
+    configure_diagnostics(settings.log_level, "intake-0")
+    log = diagnostics()
+    instance_id = new_instance_id()
+    resource = create_resource(settings, instance_id)
+    intake_metrics = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
+    runner: ExportRunner
+    if settings.export_mode == "thread":
+        runner = ThreadRunner(wire_export(settings, resource))
+    else:
+        runner = ProcessRunner(settings, instance_id)
+    try:
+        app = create_app(settings, runner=runner, metrics=intake_metrics)
+    except SpoolLocked as exc:
+        log.error(
+            "spool_in_use",
+            message=f"otel-service: {exc}",
+            hint="to run a second sidecar on this host, give it its own OTELSVC_SPOOL_DIR",
+        )
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
+            loop_runner.run(_serve_until_signalled(app))
+    except CannotListen as exc:
+        log.error("cannot_listen", message=f"otel-service: {exc}")
+        return 2
+    finally:
+        sys.stdout.flush()
+    return 0
+
+
+def refuse_settings(error: SettingsError) -> int:
+    """Report settings ``serve`` cannot use, as a diagnostic line; the exit code."""
+    configure_diagnostics("info", "intake-0")
+    diagnostics().error("invalid_settings", message=f"otel-service: {error}")
+    return 2

@@ -1,4 +1,5 @@
-"""Hosts the export worker: in a thread of this process, or in a child process (the default).
+"""The export side: ``wire_export`` wires it, and a host runs it in a thread of this process or in a
+child process (the default).
 
 The child process has its own interpreter lock, so encoding and sending never stall intake. It serves
 its Prometheus text and export status to the parent over a unix socket.
@@ -26,16 +27,18 @@ from prometheus_client import generate_latest
 
 from .._version import __version__
 from ..config import Settings
+from ..export import otlp
 from ..export.recorder import Recorder
 from ..export.sender import Sender, create_sender
 from ..export.worker import ExportWorker
+from ..intake.status import ExportView
 from ..model.pricing import load_price_table
-from ..spool.segments import SpoolReader, stats
+from ..spool import SpoolReader, stats
 from ..telemetry.instruments import WorkerInstruments, register_observables
-from ..telemetry.logs import create_event_logger
-from ..telemetry.providers import Metrics, create_metrics, create_resource, resource_proto, shutdown_quietly
+from ..telemetry.logs import configure_diagnostics, create_event_logger
+from ..telemetry.providers import Metrics, create_metrics, create_resource, shutdown_quietly
 
-__all__ = ["ExportRunner", "ProcessRunner", "ThreadRunner", "WorkerParts", "build_worker"]
+__all__ = ["ExportRunner", "ProcessRunner", "ThreadRunner", "WorkerParts", "wire_export"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ class WorkerParts:
     metrics: Metrics
 
 
-def build_worker(
+def wire_export(
     settings: Settings,
     resource: Resource,
     *,
@@ -81,7 +84,7 @@ def build_worker(
         recorder,
         instruments,
         sender=sender,
-        resource=resource_proto(resource),
+        resource=_resource_proto(resource),
         batch_size=settings.export_batch_size,
         linger=settings.export_delay,
         metrics_pushed=settings.otlp_endpoint is not None,
@@ -101,16 +104,17 @@ def build_worker(
     return WorkerParts(worker, metrics)
 
 
-class ExportRunner(Protocol):
-    """What the HTTP side needs from the export side."""
+def _resource_proto(resource: Resource) -> bytes:
+    """The serialized OTLP Resource message of ``resource``."""
+    return otlp.resource(
+        {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
+    )
+
+
+class ExportRunner(ExportView, Protocol):
+    """A host of the export side: what the status endpoints read, and its lifecycle."""
 
     def start(self) -> None: ...
-
-    def alive(self) -> bool: ...
-
-    async def metrics_text(self) -> bytes: ...
-
-    async def status(self) -> dict[str, Any]: ...
 
     async def stop(self, timeout: float) -> None: ...
 
@@ -150,7 +154,8 @@ class ThreadRunner:
 def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
     """Entry point of the export process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    parts = build_worker(settings, create_resource(settings, instance_id))
+    configure_diagnostics(settings.log_level, "export")
+    parts = wire_export(settings, create_resource(settings, instance_id))
     runner = ThreadRunner(parts)
     runner.start()
     stopping = threading.Event()

@@ -1,9 +1,9 @@
 """Several intake processes on one port (``OTELSVC_INTAKE_PROCESSES``), for more events/s on more cores.
 
-The first process (``IntakeGroup``) binds the port with SO_REUSEPORT, starts the others and replaces
-any that dies. Each other process (``run_intake_process``) binds the same port, so the kernel spreads
-connections over all of them; it validates and spools events into its own shard, which the first
-process copies into the main spool (``_shards``), and publishes its counters there every
+The first process (``IntakeGroup``, here) binds the port with SO_REUSEPORT, starts the others
+(``intake_process``) and replaces any that dies. Each other process binds the same port, so the kernel
+spreads connections over all of them; it validates and spools events into its own shard, which the
+first process copies into the main spool (``spool.shards``), and publishes its counters there every
 ``PUBLISH_SECONDS``. The status endpoints (``/metrics``, ``/ready``, ``/health/detailed``) are answered
 by the first process only, with every process's counters summed: the others forward them over a unix
 socket, so a scrape sees the same monotonic counters whichever process it reaches. Only the first
@@ -14,52 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
-import signal
-import sys
 import time
 from collections import Counter
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from opentelemetry.metrics import NoOpMeter
 
-from .._version import __version__
 from ..config import Settings
-from ..intake.accept import Intake, IntakeStats
-from ..intake.handlers import Forwarder, Service, group_commit, intake_handler, intake_routes
+from ..intake.accept import IntakeStats
 from ..intake.server import Handler
-from ..spool.segments import SpoolWriter, writer_active
-from ..spool.shards import ShardMerger, forget_published, publish, read_published, shard_dir, shard_dirs
-from ..telemetry.histograms import HistogramSet
-from ..telemetry.instruments import IntakeInstruments
-from .server import (
-    SERVER_OPTIONS,
-    CannotListen,
-    configure_diagnostics,
-    listen,
-    new_event_loop,
-    sync_every,
-)
+from ..spool import SpoolWriter, writer_active
+from ..spool.shards import ShardMerger, forget_published, read_published, shard_dir
+from ..telemetry.logs import diagnostics
+from .intake_process import run_intake_process
+from .loop import CannotListen
+from .wiring import intake_spools
 
-__all__ = ["PUBLISH_SECONDS", "IntakeGroup", "run_intake_process"]
+__all__ = ["IntakeGroup"]
 
-#: How often an intake process publishes its counters (how stale the others' counts can be).
-PUBLISH_SECONDS = 0.25
 _MERGE_SECONDS = 0.01
 _WATCH_SECONDS = 0.5
 _START_TIMEOUT = 30.0
-_log = logging.getLogger("otel_service")
-
-
-def intake_spools(settings: Settings) -> list[Path]:
-    """The spools an intake process counts against the bound: the main one first, then every shard."""
-    shards = {*shard_dirs(settings.spool_dir), *(shard_dir(settings.spool_dir, i) for i in _others(settings))}
-    return [settings.spool_dir, *sorted(shards)]
+_log = diagnostics()
 
 
 def _others(settings: Settings) -> range:
@@ -72,7 +51,8 @@ class IntakeGroup:
     def __init__(self, settings: Settings, writer: SpoolWriter, stats: IntakeStats) -> None:
         self._settings = settings
         self._writer = writer
-        self._stats = stats
+        #: This process's own counters.
+        self.own_stats = stats
         self._socket = settings.spool_dir / "intake.sock"
         self._processes: dict[int, BaseProcess] = {}
         self._restarts: Counter[int] = Counter()
@@ -150,7 +130,9 @@ class IntakeGroup:
             for index, process in list(self._processes.items()):
                 if not process.is_alive():
                     code = process.exitcode
-                    _log.warning("intake process %d exited with %s; starting it again", index, code)
+                    _log.warning(
+                        "intake_process_exited", index=index, exit_code=code, action="starting it again"
+                    )
                     self._restarts[index] += 1
                     self._spawn(index)
 
@@ -168,7 +150,9 @@ class IntakeGroup:
                 await asyncio.to_thread(self._writer.sync)
             self.merger.commit()
         except OSError as exc:
-            _log.warning("cannot copy spool shards into the main spool: %s", exc.strerror)
+            _log.warning(
+                "shard_copy_failed", error=exc.strerror, action="events wait in their shards; tried again"
+            )
             return 0
         return copied
 
@@ -224,14 +208,20 @@ class IntakeGroup:
 
     def stats(self) -> IntakeStats:
         """Every intake process's counters together (the others' as last published)."""
-        total = self._stats
+        total = self.own_stats
         for data in self._published().values():
             total = total.plus(IntakeStats.load(data["stats"]))
         return total
 
     def processes(self) -> list[dict[str, Any]]:
         """Each intake process: index, pid, alive, restarts, requests (as last published)."""
-        own = {"index": 0, "pid": os.getpid(), "alive": True, "restarts": 0, "requests": self._stats.requests}
+        own = {
+            "index": 0,
+            "pid": os.getpid(),
+            "alive": True,
+            "restarts": 0,
+            "requests": self.own_stats.requests,
+        }
         rows: list[dict[str, Any]] = [own]
         published = self._published()
         for index, process in sorted(self._processes.items()):
@@ -255,81 +245,3 @@ class IntakeGroup:
             "possible_duplicate": merger.duplicates,
             "corrupt_bytes": merger.corrupt_bytes,
         }
-
-
-# -- the other intake processes ------------------------------------------------------------------
-
-
-def run_intake_process(settings: Settings, index: int, port: int, socket_path: Path, parent: int) -> None:
-    """Entry point of intake process ``index`` (1, 2, ...)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first process decides when we stop
-    configure_diagnostics(settings.log_level)
-    try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve_shard(settings, index, port, socket_path, parent))
-    except CannotListen as exc:
-        print(f"otel-service: intake process {index}: {exc}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        sys.stdout.flush()
-
-
-async def _serve_shard(settings: Settings, index: int, port: int, socket_path: Path, parent: int) -> None:
-    writer = SpoolWriter(shard_dir(settings.spool_dir, index), fsync=settings.spool_fsync)
-    # A replacement carries on from its predecessor's published counters: the sums stay monotonic.
-    previous = read_published(writer.directory)
-    stats = IntakeStats.load(previous["stats"]) if previous else IntakeStats()
-    intake = Intake(
-        writer,
-        max_spool_bytes=settings.spool_max_bytes,
-        max_spool_age=settings.spool_max_age,
-        stats_=stats,
-        spools=intake_spools(settings),
-    )
-    histograms = HistogramSet("otel_service.intake", __version__, settings.cardinality_limit)
-    instruments = IntakeInstruments.create(
-        NoOpMeter("otel_service.intake"),  # the first process reports everyone's
-        histograms,
-        received=lambda: stats.received,
-        rejected=lambda: stats.rejected,
-    )
-    if previous:
-        instruments.request_duration.restore(previous["durations"])
-    service = Service(
-        settings,
-        intake,
-        instruments,
-        histograms,
-        commit=group_commit(settings, writer),
-    )
-    forwarder = Forwarder(socket_path)
-    handler = intake_handler(service, {**intake_routes(service), **forwarder.routes()})
-
-    def publish_counters() -> None:
-        with histograms.lock:
-            durations = instruments.request_duration.dump()
-        publish(writer.directory, {"pid": os.getpid(), "stats": stats.dump(), "durations": durations})
-
-    runner = web.ServerRunner(
-        web.Server(handler, access_log=None, **SERVER_OPTIONS), shutdown_timeout=settings.shutdown_timeout
-    )
-    await runner.setup()
-    syncing = asyncio.create_task(sync_every(writer, 0.1)) if settings.spool_fsync == "interval" else None
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    try:
-        await listen(runner, settings.host, port, shared=True, first=False)
-        publish_counters()  # tells the first process we listen
-        while not stop.is_set() and os.getppid() == parent:  # orphaned: stop too
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PUBLISH_SECONDS):
-                    await stop.wait()
-            publish_counters()
-    finally:
-        await runner.cleanup()
-        intake.closed = True
-        if syncing is not None:
-            syncing.cancel()
-        writer.close()
-        publish_counters()
-        await forwarder.close()

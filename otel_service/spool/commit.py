@@ -1,11 +1,14 @@
-"""Group commit: requests wait for an fsync that started after their write, sharing one among many."""
+"""When the spool is synced: group commit (``always``: requests wait for an fsync that started after their
+write, sharing one among many) and the fsync timer (``interval``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["GroupCommit"]
+from .writer import SpoolWriter
+
+__all__ = ["GroupCommit", "sync_every"]
 
 
 class GroupCommit:
@@ -37,3 +40,10 @@ class GroupCommit:
                 future.set_exception(exc)
             else:
                 future.set_result(None)
+
+
+async def sync_every(writer: SpoolWriter, seconds: float) -> None:
+    """fsync the spool every ``seconds`` (``OTELSVC_SPOOL_FSYNC=interval``), until cancelled."""
+    while True:
+        await asyncio.sleep(seconds)
+        writer.sync()

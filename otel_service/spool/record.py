@@ -23,6 +23,10 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True):
     end_ns: int
     received_ns: int
     source: str  # "track" | "events"
+    #: The parent's W3C sampled flag and ``tracestate``, carried on to the span (records written
+    #: before these fields existed decode with the defaults).
+    sampled: bool = True
+    tracestate: str | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
-from .segments import Cursor, Position, SpoolReader, SpoolWriter
+from .cursor import Cursor, Position
+from .reader import SpoolReader
+from .writer import SpoolWriter
 
 __all__ = ["ShardMerger", "forget_published", "publish", "read_published", "shard_dir", "shard_dirs"]
 

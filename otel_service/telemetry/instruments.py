@@ -3,6 +3,8 @@
 Names follow the OpenTelemetry GenAI semantic conventions where they exist; the lab's Prometheus names
 (``ai_requests_total``...) are kept as separate instruments whose units make the Prometheus translation
 produce exactly those names.
+
+Length: one declaration per instrument (about forty), kept together so the catalog reads as one list.
 """
 
 from __future__ import annotations

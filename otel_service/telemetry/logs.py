@@ -1,14 +1,24 @@
-"""structlog set-up: one JSON line per event on stdout, rendered once and reused as the OTLP body."""
+"""structlog, twice: the event log (one JSON line per event on stdout, rendered once and reused as the
+OTLP body) and the service's own diagnostics (one JSON line per problem on stderr).
+
+Diagnostics have a stable ``event`` name an operator can grep (``cannot_listen``,
+``intake_process_exited``, ``metric_export_failed``...), the process role, a level and a UTC time;
+tracebacks are structured (``exception``), never raw text. Libraries' standard-library loggers (the
+OpenTelemetry SDK, aiohttp) go through the same renderer with ``event`` = ``library_log``.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import MutableMapping
 from typing import IO, Any
 
 import orjson
 import structlog
+import structlog.tracebacks
 
-__all__ = ["EventLogger", "create_event_logger"]
+__all__ = ["EventLogger", "configure_diagnostics", "create_event_logger", "diagnostics"]
 
 
 class _LineSink:
@@ -69,3 +79,63 @@ class EventLogger:
 
 def create_event_logger(stream: IO[bytes] | None) -> EventLogger:
     return EventLogger(stream)
+
+
+def _foreign(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A standard-library record: its text becomes ``message``, under the stable event ``library_log``."""
+    event_dict["message"] = event_dict.pop("event", "")
+    event_dict["event"] = "library_log"
+    return event_dict
+
+
+def _json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+    return orjson.dumps(event_dict, default=str).decode()
+
+
+#: Loggers whose failures the service reports itself (``metric_export_failed``/``_recovered``).
+_QUIETED = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+)
+
+
+def configure_diagnostics(level: str, process: str, stream: IO[str] | None = None) -> None:
+    """Send this process's diagnostics (``diagnostics()`` and every standard-library logger) to
+    ``stream`` (stderr) as JSON lines at ``level`` and above, each tagged with ``process``."""
+    shared: list[Any] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+        lambda _, __, event_dict: {**event_dict, "process": process},
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _foreign],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Frames without their locals: a traceback must not carry a token or an event's data.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            _json,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    # The metric reader says once per outage what the OTLP metric exporters would say on every push.
+    for name in _QUIETED:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def diagnostics(name: str = "otel_service") -> Any:
+    """The logger of the service's own diagnostics: ``diagnostics().warning("event_name", key=value)``."""
+    return structlog.stdlib.get_logger(name)

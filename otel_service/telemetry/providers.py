@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from .._version import __version__
 from ..config import Settings
-from ..export import otlp
 from .histograms import HistogramSet
 from .instruments import create_views
+from .logs import diagnostics
 from .reader import PrometheusOtlpReader
 
 __all__ = ["Metrics", "create_metrics", "create_resource", "new_instance_id", "shutdown_quietly"]
@@ -49,13 +48,6 @@ def create_resource(settings: Settings, instance_id: str) -> Resource:
         "service.instance.id": settings.resource_attributes.get("service.instance.id", instance_id),
     }
     return Resource(attributes)
-
-
-def resource_proto(resource: Resource) -> bytes:
-    """The serialized OTLP Resource message of ``resource``."""
-    return otlp.resource(
-        {k: v for k, v in resource.attributes.items() if isinstance(v, str | bool | int | float)}
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +97,7 @@ def shutdown_quietly(provider: MeterProvider, timeout: float) -> None:
     try:
         provider.shutdown(timeout_millis=max(1.0, timeout) * 1000)
     except Exception:
-        logging.getLogger("otel_service").warning("metric provider shutdown failed", exc_info=True)
+        diagnostics().warning("metric_shutdown_failed", exc_info=True)
 
 
 def create_metrics(
@@ -130,11 +122,13 @@ def create_metrics(
         cardinality_limits=cardinality_limits(settings.cardinality_limit),
         resource=resource,
         producers=[histograms.scope_metrics],
+        name=scope,
     )
     readers: list[MetricReader] = [reader, *extra_readers]
     provider = MeterProvider(
         metric_readers=readers,
         resource=resource,
         views=create_views(),
+        shutdown_on_exit=False,  # shut down explicitly, within the shutdown timeout (not twice)
     )
     return Metrics(provider, registry, reader, histograms)

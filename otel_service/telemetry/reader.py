@@ -3,7 +3,6 @@ once instead of once per reader (the SDK's per-measurement cost is per reader)."
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,9 +18,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
+from .logs import diagnostics
+
 __all__ = ["PrometheusOtlpReader"]
 
-_log = logging.getLogger("otel_service")
+_log = diagnostics()
 
 
 class PrometheusOtlpReader(PrometheusMetricReader):
@@ -38,9 +39,14 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         timeout: float,
         resource: Resource,
         producers: Sequence[Callable[[], ScopeMetrics | None]] = (),
+        name: str = "otel_service",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        #: Names this reader's metrics in diagnostics (the instrumentation scope).
+        self._name = name
+        #: Pushes failed in a row (the current outage).
+        self._failing = 0
         self._resource = resource
         self._producers = tuple(producers)
         self._snapshot = False
@@ -148,15 +154,27 @@ class PrometheusOtlpReader(PrometheusMetricReader):
             return True
         if self._exporting is not None and token is not None:
             self._exporting(token)
+        error = None
         try:
-            result = self._exporter.export(data, timeout_millis=timeout * 1000)
-        except Exception:
-            _log.warning("metric export raised", exc_info=True)
-            result = MetricExportResult.FAILURE
+            if self._exporter.export(data, timeout_millis=timeout * 1000) is not MetricExportResult.SUCCESS:
+                error = "the exporter gave up (timeout, retries exhausted, or refused)"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
         self.pushes += 1
-        if result is not MetricExportResult.SUCCESS:
+        if error is not None:
             self.push_failures += 1
+            self._failing += 1
+            if self._failing == 1:  # one line per outage, not one per push
+                _log.warning(
+                    "metric_export_failed",
+                    scope=self._name,
+                    error=error,
+                    action="pushed again every interval; totals are cumulative, nothing is lost",
+                )
             return False
+        if self._failing:
+            _log.info("metric_export_recovered", scope=self._name, failed_pushes=self._failing)
+            self._failing = 0
         if self._exported is not None and token is not None:
             self._exported(token)
         return True

@@ -1,24 +1,18 @@
-"""Running aiohttp's low-level server: its options, the event loop, listening, the fsync timer."""
+"""Running aiohttp's low-level server: its options, the event loop, listening."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
-import sys
 from typing import Any
 
 from aiohttp import web
 
-from ..spool.segments import SpoolWriter
-
 __all__ = [
     "SERVER_OPTIONS",
     "CannotListen",
-    "configure_diagnostics",
     "listen",
     "new_event_loop",
-    "sync_every",
 ]
 
 #: Options of aiohttp's server: bodies are decompressed by the handlers (with a bound on the output),
@@ -33,15 +27,6 @@ SERVER_OPTIONS: dict[str, Any] = {
 
 class CannotListen(RuntimeError):
     """The configured address is taken or not ours to bind."""
-
-
-def configure_diagnostics(level: str) -> None:
-    """The service's own diagnostics: JSON lines on stderr (stdout carries the event log)."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format='{"level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}',
-    )
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -74,10 +59,3 @@ async def listen(
     except OSError as exc:
         raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return int(runner.addresses[-1][1])
-
-
-async def sync_every(writer: SpoolWriter, seconds: float) -> None:
-    """fsync the spool every ``seconds`` (``OTELSVC_SPOOL_FSYNC=interval``), until cancelled."""
-    while True:
-        await asyncio.sleep(seconds)
-        writer.sync()

@@ -1,0 +1,9 @@
+"""The recorder: envelopes in, metric measurements, spans and log records out.
+
+``recorder`` holds the loop, ``plans`` the part shared by events with the same labels, ``mapping``
+where each field goes, ``sums`` the per-batch counter sums.
+"""
+
+from .recorder import Recorded, Recorder
+
+__all__ = ["Recorded", "Recorder"]

@@ -1,0 +1,63 @@
+"""Wiring of the intake side, the same for both intake roles (the first process and the others).
+
+The export side is wired in ``export_host`` (it runs in its own process); ``app.create_app`` and
+``intake_group.run_intake_process`` call ``wire_intake``. Nothing outside ``runtime`` wires components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from opentelemetry.metrics import Meter
+
+from ..config import Settings
+from ..intake.accept import Intake, IntakeStats
+from ..intake.handlers import Service
+from ..spool import SpoolWriter
+from ..spool.commit import GroupCommit
+from ..spool.shards import shard_dir, shard_dirs
+from ..telemetry.histograms import HistogramSet
+from ..telemetry.instruments import IntakeInstruments
+
+__all__ = ["intake_spools", "wire_intake"]
+
+
+def intake_spools(settings: Settings) -> list[Path]:
+    """The spools an intake process counts against the bound: the main one first, then every shard
+    (of this run's intake processes, and any an earlier run with more of them left)."""
+    others = (shard_dir(settings.spool_dir, index) for index in range(1, settings.intake_processes))
+    return [settings.spool_dir, *sorted({*shard_dirs(settings.spool_dir), *others})]
+
+
+def wire_intake(
+    settings: Settings,
+    writer: SpoolWriter,
+    *,
+    meter: Meter,
+    histograms: HistogramSet,
+    stats: IntakeStats | None = None,
+    received: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+    rejected: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+    shards: Callable[[], Mapping[str, int]] = dict,
+) -> Service:
+    """One intake process's endpoints over ``writer``: validation, the bounded spool, the fsync
+    policy and the intake metrics (observed from ``received``/``rejected``: by default this process's
+    own counts; the first process passes everyone's)."""
+    intake = Intake(
+        writer,
+        max_spool_bytes=settings.spool_max_bytes,
+        max_spool_age=settings.spool_max_age,
+        stats_=stats,
+        spools=intake_spools(settings),
+    )
+    counts = intake.stats
+    instruments = IntakeInstruments.create(
+        meter,
+        histograms,
+        received=received or (lambda: counts.received),
+        rejected=rejected or (lambda: counts.rejected),
+        shards=shards,
+    )
+    commit = GroupCommit(writer.sync) if settings.spool_fsync == "always" else None
+    return Service(settings, intake, instruments, histograms, commit=commit)

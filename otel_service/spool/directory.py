@@ -1,0 +1,163 @@
+"""A spool directory: its segment files, its locks, and what it holds (read-only queries).
+
+Segments are named by a 16-digit number and ``.seg``; the writer creates them in increasing order and
+never goes back; the reader deletes those the committed cursor has passed. ``writer.lock`` and
+``reader.lock`` (flock) keep one writer and one reader per directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cursor import Position, read_cursor
+from .frame import HEADER, MAX_RECORD_BYTES
+
+__all__ = [
+    "SpoolLocked",
+    "SpoolStats",
+    "count_records",
+    "end_position",
+    "first_pending",
+    "lock",
+    "pending_segments",
+    "segment_name",
+    "segment_numbers",
+    "stats",
+    "writer_active",
+]
+
+SUFFIX = ".seg"
+
+
+class SpoolLocked(RuntimeError):
+    """Another process already writes (or reads) this spool."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    segments: int
+    bytes: int
+
+
+def segment_name(number: int) -> str:
+    return f"{number:016d}{SUFFIX}"
+
+
+def segment_numbers(directory: Path) -> list[int]:
+    numbers = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(SUFFIX) and entry.name[: -len(SUFFIX)].isdigit():
+                    numbers.append(int(entry.name[: -len(SUFFIX)]))
+    except FileNotFoundError:  # a shard whose process has not started yet
+        return []
+    return sorted(numbers)
+
+
+def lock(directory: Path, name: str) -> int:
+    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolLocked(f"{directory} is in use by another otel-service process") from None
+    return fd
+
+
+def writer_active(directory: Path) -> bool:
+    """Whether a process holds ``directory``'s writer lock (a ``SpoolWriter`` is open on it)."""
+    try:
+        fd = lock(directory, "writer.lock")
+    except SpoolLocked:
+        return True
+    except OSError:
+        return False
+    os.close(fd)
+    return False
+
+
+def end_position(directory: Path) -> Position:
+    """Where the next record will be written (the end of the newest segment)."""
+    numbers = segment_numbers(directory)
+    if not numbers:
+        return Position(0, 0)
+    try:
+        return Position(numbers[-1], os.stat(directory / segment_name(numbers[-1])).st_size)
+    except FileNotFoundError:
+        return Position(numbers[-1], 0)
+
+
+def pending_segments(directory: Path, start: Position) -> Iterator[tuple[int, int]]:
+    """Each segment at or after ``start``, with the offset to read it from."""
+    for number in segment_numbers(directory):
+        if number >= start.segment:
+            yield number, start.offset if number == start.segment else 0
+
+
+def count_records(directory: Path, start: Position) -> tuple[int, Position]:
+    """How many whole records lie between ``start`` and the end of the spool, and where counting
+    stopped (before a partial frame): callers count incrementally from there."""
+    count = 0
+    position = start
+    for number, offset in pending_segments(directory, start):
+        try:
+            with open(directory / segment_name(number), "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                while offset + HEADER.size <= size:
+                    handle.seek(offset)
+                    length, _ = HEADER.unpack(handle.read(HEADER.size))
+                    if length > MAX_RECORD_BYTES or offset + HEADER.size + length > size:
+                        break
+                    offset += HEADER.size + length
+                    count += 1
+        except FileNotFoundError:
+            continue
+        position = Position(number, offset)
+    return count, position
+
+
+def first_pending(directory: Path) -> bytes | None:
+    """The first record after the committed cursor (its payload), if any is whole on disk."""
+    cursor = read_cursor(directory)
+    for number, offset in pending_segments(directory, cursor.committed if cursor else Position(0, 0)):
+        try:
+            with open(directory / segment_name(number), "rb") as handle:
+                handle.seek(offset)
+                header = handle.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    continue
+                length, crc = HEADER.unpack(header)
+                if length > MAX_RECORD_BYTES:
+                    return None
+                payload = handle.read(length)
+        except FileNotFoundError:
+            continue
+        return payload if len(payload) == length and zlib.crc32(payload) == crc else None
+    return None
+
+
+def stats(directory: Path) -> SpoolStats:
+    """What the spool holds that is not yet delivered: bytes after the committed cursor."""
+    found = read_cursor(directory)
+    cursor = found.committed if found else Position(0, 0)
+    total = 0
+    count = 0
+    for number in segment_numbers(directory):
+        if number < cursor.segment:
+            continue
+        try:
+            st = os.stat(directory / segment_name(number))
+        except FileNotFoundError:
+            continue
+        pending = st.st_size - (cursor.offset if number == cursor.segment else 0)
+        if pending <= 0:
+            continue
+        total += pending
+        count += 1
+    return SpoolStats(count, total)
