@@ -44,3 +44,25 @@ def test_derived_values_take_their_place_in_the_table() -> None:
     assert [key for key, _ in log] == [
         "duration_ms", "input_tokens", "output_tokens", "total_tokens", "cost_usd", "session_id",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("table", "event", "derived"),
+    [
+        (
+            LLM_CALL,
+            LlmCall(model="m", duration_ms=2.0, output_tokens=0, user_id="u", response_length=9),
+            (0, None),
+        ),
+        (LLM_CALL, LlmCall(model="m", duration_ms=0.0, input_tokens=1, conversation_id="c"), (1, 0.5)),
+        (PREDICTION, Prediction(model="m", model_version="1", duration_ms=1.0, features={"x": 1.0}), ()),
+        (PREDICTION, Prediction(model="m", model_version="1", duration_ms=1.0, prediction_id="p"), ()),
+        (FEEDBACK, Feedback(model="m", model_version="1", correct=False), ()),
+    ],
+)
+def test_the_compiled_fields_equal_the_table_read_row_by_row(
+    table: tuple[Field, ...], event: msgspec.Struct, derived: tuple[object, ...]
+) -> None:
+    """``own`` (compiled once from the table) gives what reading the table row by row gives."""
+    fields = FieldMap(table)
+    assert fields.own(event, derived) == fields.own_reference(event, derived)

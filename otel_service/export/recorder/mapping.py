@@ -10,12 +10,11 @@ and built in ``plans``.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DERIVED", "FEEDBACK", "LLM_CALL", "PREDICTION", "Field", "FieldMap"]
+__all__ = ["DERIVED", "FEEDBACK", "LLM_CALL", "PREDICTION", "Field", "FieldMap", "Own", "OwnFields"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +86,33 @@ FEEDBACK = (
 DERIVED = frozenset({"provider", "error", "cost_source", "total_tokens", "cost"})
 
 
-def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function returning the ``names`` attributes of an object as a tuple (attrgetter's C speed)."""
-    if not names:
-        return lambda _: ()
-    if len(names) == 1:
-        one = operator.attrgetter(names[0])
-        return lambda obj: (one(obj),)
-    return operator.attrgetter(*names)
+#: An event's own span attributes and log fields.
+OwnFields = tuple[dict[str, Any], list[tuple[str, Any]]]
+Own = Callable[[Any, tuple[Any, ...]], OwnFields]
+
+
+def _compile(own: list[Field], derived: tuple[str, ...]) -> Own:
+    """``own(event, derived)`` for these rows, as Python source compiled once: a dict literal of span
+    attributes and a ``None`` check per log field, as fast as writing them out by hand (a loop over
+    the table costs ~1.5 µs more per event). ``FieldMap.own_reference`` is the same, interpreted; the
+    tests hold one to the other."""
+
+    def value(f: Field) -> str:
+        return f"_d[{derived.index(f.value)}]" if f.value in derived else f"event.{f.value}"
+
+    lines = ["def own(event, _d):"]
+    span = ", ".join(f"{f.span!r}: {value(f)}" for f in own if f.span is not None)
+    lines.append(f"    span = {{{span}}}")
+    lines.append("    log = []")
+    for f in own:
+        if f.log is not None:
+            test = "v" if f.if_true else "v is not None"
+            lines.append(f"    v = {value(f)}")
+            lines.append(f"    if {test}: log.append(({f.log!r}, v))")
+    lines.append("    return span, log")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # noqa: S102 -- source built from the constant tables above
+    return namespace["own"]  # type: ignore[no-any-return]
 
 
 class FieldMap:
@@ -105,11 +123,9 @@ class FieldMap:
         own = [f for f in fields if not f.constant]
         #: The event's own derived values, in the order ``span``/``log`` take them.
         self.derived = tuple(f.value for f in own if f.value in DERIVED)
-        read = [f.value for f in own if f.value not in DERIVED]
-        self._read = _getter(read)
-        order = [*read, *self.derived]  # the tuple ``_values`` builds
-        self._span = [(order.index(f.value), f.span) for f in own if f.span is not None]
-        self._log = [(order.index(f.value), f.log, f.if_true) for f in own if f.log is not None]
+        self._own = own
+        #: ``own(event, derived)``: the event's own span attributes and log fields.
+        self.own: Own = _compile(own, self.derived)
 
     def constant_span(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A plan's span attributes, from its values (field or derived name -> value)."""
@@ -124,16 +140,15 @@ class FieldMap:
                 out[f.log] = value
         return out
 
-    def _values(self, event: Any, derived: tuple[Any, ...]) -> tuple[Any, ...]:
-        return self._read(event) + derived
-
-    def own(self, event: Any, derived: tuple[Any, ...]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-        """An event's own span attributes and log fields; ``derived``: its values named in ``derived``."""
-        values = self._values(event, derived)
-        span = {key: values[index] for index, key in self._span}
-        log = [
-            (key, value)
-            for index, key, if_true in self._log
-            if (value := values[index]) is not None and (value or not if_true)
-        ]
+    def own_reference(self, event: Any, derived: tuple[Any, ...]) -> OwnFields:
+        """What ``own`` computes, read from the table row by row (the reference for tests)."""
+        values = {name: derived[index] for index, name in enumerate(self.derived)}
+        span: dict[str, Any] = {}
+        log: list[tuple[str, Any]] = []
+        for f in self._own:
+            value = values[f.value] if f.value in values else getattr(event, f.value)
+            if f.span is not None:
+                span[f.span] = value
+            if f.log is not None and value is not None and (value or not f.if_true):
+                log.append((f.log, value))
         return span, log
