@@ -3,13 +3,15 @@
 Three parts, each wrapping the next (as the collector's exporter helper does): the ``DeliveryThread``
 sends handed-over batches in spool order in a thread of its own, one batch behind the recording; the
 ``RetryingSender`` retries each signal of a batch through the OTLP ``Sender`` with exponential backoff
-(honouring ``Retry-After``) until it is accepted, refused for good, or the stop deadline passes; the
-``Observer`` turns every outcome into ``ExportStatus`` (``/health/detailed``) and the export metrics.
+and jitter (honouring ``Retry-After``) until it is accepted, refused for good, or the stop deadline
+passes; the ``Observer`` turns every outcome into ``ExportStatus`` (``/health/detailed``) and the
+export metrics.
 """
 
 from __future__ import annotations
 
 import queue
+import random as _random
 import threading
 import time
 from collections import Counter, deque
@@ -27,6 +29,9 @@ __all__ = ["Batch", "DeliveryThread", "ExportStatus", "Observer", "RetryingSende
 _QUEUE_WAIT = 0.05
 _BACKOFF_START = 0.25
 _BACKOFF_MAX = 30.0
+#: Each backoff wait is drawn within ±this share of its nominal value, so that many sidecars do not
+#: retry in step after a collector restart (the collector's own retry sender does the same).
+JITTER = 0.2
 
 
 @dataclass
@@ -123,10 +128,18 @@ class Observer:
 class RetryingSender:
     """Sends every signal of a batch through ``next`` until each is accepted or refused for good."""
 
-    def __init__(self, next: Sender, observer: Observer, past_deadline: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        next: Sender,
+        observer: Observer,
+        past_deadline: Callable[[], bool],
+        *,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
         self._next = next
         self._observer = observer
         self._past_deadline = past_deadline
+        self._random = random
 
     def send(self, payloads: dict[str, bytes], counts: dict[str, int]) -> bool:
         """Deliver ``payloads`` (signal -> request) of ``counts`` items; ``False`` if the stop deadline
@@ -147,13 +160,17 @@ class RetryingSender:
                     del remaining[signal]
                     observer.dropped(signal, "rejected_permanently", counts[signal])
                     continue
-                wait = result.retry_after if result.retry_after is not None else backoff
+                wait = result.retry_after if result.retry_after is not None else self._jittered(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 observer.retrying(signal)
                 if not self._sleep(wait):
                     return False
         observer.idle()
         return True
+
+    def _jittered(self, backoff: float) -> float:
+        """``backoff`` within ±``JITTER`` (a receiver's ``Retry-After`` is honoured as it is)."""
+        return backoff * (1 + JITTER * (2 * self._random() - 1))
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep before a retry; ``False`` if the stop deadline comes first."""
