@@ -155,7 +155,7 @@ def test_a_second_sidecar_on_one_spool_says_how_to_run_it(serve, sidecar_env: di
 
 
 def test_a_running_sidecar_says_listening_once_as_json(serve) -> None:  # type: ignore[no-untyped-def]
-    """Started and stopped: stderr is JSON, one 'listening' line names the address, nothing shuts down twice."""
+    """Started, stopped: stderr is JSON, one 'listening' line names the address, nothing shuts down twice."""
     sidecar = serve()
     sidecar.process.send_signal(signal.SIGTERM)
     _, err = sidecar.process.communicate(timeout=60)
