@@ -100,8 +100,10 @@ def create_handler(
             return
         if token is not None:
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token):
-                raise Unauthorized("missing or wrong bearer token")
+            # Header bytes that are not UTF-8 come as surrogates: compared as the bytes they were.
+            sent = value.encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(sent, token):
+                raise Unauthorized("missing or wrong bearer token", field="Authorization")
         if limiter is not None and request.method == "POST":
             client = request.remote or "unknown"
             wait = limiter.take(client)

@@ -68,7 +68,7 @@ def fast_decode(raw: bytes) -> Any:
         return None
     try:
         value = _FAST_DECODER.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # invalid UTF-8 in a string
         return None
     strings = 1 if type(value) is str else 0
     stack = [value] if type(value) is dict or type(value) is list else []
@@ -88,8 +88,13 @@ class _Pairs(list[tuple[str, Any]]):
     """An object's key/value pairs as written (to find where a duplicate key is)."""
 
 
+_PAIRS_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_constant, parse_float=_float)
+
+
 def _duplicate_path(text: str, where: str) -> str:
-    tree = json.JSONDecoder(object_pairs_hook=_Pairs).raw_decode(text, _WHITESPACE.match(text).end())[0]  # type: ignore[union-attr]
+    """Where the first repeated key is. Raises what decoding raises when the text is not valid JSON
+    beyond the duplicate (it is then refused for that)."""
+    tree = _PAIRS_DECODER.raw_decode(text, _WHITESPACE.match(text).end())[0]  # type: ignore[union-attr]
     stack: list[tuple[Any, str]] = [(tree, where)]
     while stack:
         node, path = stack.pop()
@@ -105,28 +110,35 @@ def _duplicate_path(text: str, where: str) -> str:
     return where
 
 
+def _refusal(error: Exception, where: str) -> InvalidEvent:
+    """Why the reference decoder refused a document, as the error the client gets."""
+    if isinstance(error, _NonFinite):
+        return InvalidEvent(
+            f"non-finite number {error.args[0]!r} is not allowed", field=where, reason="invalid_number"
+        )
+    if isinstance(error, RecursionError):
+        return InvalidEvent("JSON nested too deeply", field=where, reason="too_deep")
+    if isinstance(error, json.JSONDecodeError):
+        return InvalidEvent(
+            f"malformed JSON: {error.msg} at position {error.pos}", field=where, reason="malformed_json"
+        )
+    # e.g. an integer literal beyond Python's digit limit
+    return InvalidEvent("number too large", field=where, reason="invalid_number")
+
+
 def decode(text: str, raw: bytes, where: str) -> Any:
+    """The JSON value of ``text`` (``raw``: its bytes), or ``InvalidEvent`` saying what is wrong where."""
     start = _WHITESPACE.match(text).end()  # type: ignore[union-attr]
     try:
         value, end = _DECODER.raw_decode(text, start)
     except _Duplicate as exc:
-        raise InvalidEvent(
-            f"duplicate key {exc.args[0]!r}", field=_duplicate_path(text, where), reason="duplicate_key"
-        ) from None
-    except _NonFinite as exc:
-        raise InvalidEvent(
-            f"non-finite number {exc.args[0]!r} is not allowed",
-            field=where,
-            reason="invalid_number",
-        ) from None
-    except RecursionError:
-        raise InvalidEvent("JSON nested too deeply", field=where, reason="too_deep") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(
-            f"malformed JSON: {exc.msg} at position {exc.pos}", field=where, reason="malformed_json"
-        ) from None
-    except ValueError:  # e.g. an integer literal beyond Python's digit limit
-        raise InvalidEvent("number too large", field=where, reason="invalid_number") from None
+        try:  # a duplicate key is reported where it is, unless the rest is not JSON at all
+            path = _duplicate_path(text, where)
+        except (ValueError, RecursionError) as invalid:
+            raise _refusal(invalid, where) from None
+        raise InvalidEvent(f"duplicate key {exc.args[0]!r}", field=path, reason="duplicate_key") from None
+    except (ValueError, RecursionError) as invalid:  # JSONDecodeError and _NonFinite are ValueErrors
+        raise _refusal(invalid, where) from None
     if text[end:].strip():
         raise InvalidEvent("trailing data after the JSON value", field=where, reason="malformed_json")
     if _SURROGATE_ESCAPE.search(raw):

@@ -200,7 +200,8 @@ def _fast_items(body: bytes, ndjson: bool, now: float, limits: Limits) -> list[P
         return None
     parsed: list[ParsedItem] = []
     for index, obj in enumerate(values):
-        model = TYPE_OF_KIND.get(obj.get("kind")) if type(obj) is dict else None  # type: ignore[arg-type]
+        kind = obj.get("kind") if type(obj) is dict else None
+        model = TYPE_OF_KIND.get(kind) if type(kind) is str else None
         if model is None:
             return None
         try:
