@@ -316,6 +316,14 @@ class Settings:
     cors_origins: tuple[str, ...] = _setting(
         "OTELSVC_CORS_ORIGINS", (), "comma-separated origins allowed by CORS", parse=_items, shown="none"
     )
+    allowed_hosts: tuple[str, ...] = _setting(
+        "OTELSVC_ALLOWED_HOSTS",
+        (),
+        "comma-separated Host names served besides loopback ones while OTELSVC_AUTH_TOKEN is unset "
+        "(a guard against DNS rebinding; with a token, the token is the guard)",
+        parse=_items,
+        shown="none",
+    )
     price_table: Path | None = _setting(
         "OTELSVC_PRICE_TABLE", None, "path of a JSON price table", parse=_path, shown="the packaged one"
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,78 @@ async def test_a_non_utf8_authorization_header_is_a_401(start_app: StartApp) -> 
         "unauthorized",
         "Authorization",
     )
+
+
+async def test_a_cors_preflight_is_answered_before_the_token_is_asked_for(start_app: StartApp) -> None:
+    """With a token and an allowed origin, the browser's preflight gets 204 (it carries no credentials)."""
+    app = await start_app(OTELSVC_AUTH_TOKEN="s3cret", OTELSVC_CORS_ORIGINS="https://app.example")
+    origin = {"Origin": "https://app.example"}
+    preflight = await app.client.options(
+        "/v1/events", headers={**origin, "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    event = {"kind": "llm_call", "model": "m", "duration_ms": 1}
+    posted = await app.client.post(
+        "/v1/events", json=event, headers={**origin, "Authorization": "Bearer s3cret"}
+    )
+    assert posted.status == 202
+    assert posted.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    refused = await app.client.post("/v1/events", json=event, headers=origin)
+    assert refused.status == 401
+
+
+async def test_answers_vary_by_origin_once_cors_is_configured(start_app: StartApp) -> None:
+    """An origin that is not allowed gets no CORS headers but Vary: Origin, so caches keep them apart."""
+    app = await start_app(OTELSVC_CORS_ORIGINS="https://app.example")
+    response = await app.client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert response.headers["Vary"] == "Origin"
+
+
+@pytest.mark.parametrize(
+    ("env", "host", "status"),
+    [
+        ({}, "attacker.example", 403),
+        ({}, "attacker.example:5001", 403),
+        ({}, "localhost:5001", 200),
+        ({}, "127.0.0.1", 200),
+        ({}, "[::1]:5001", 200),
+        ({"OTELSVC_ALLOWED_HOSTS": "sidecar.internal"}, "sidecar.internal:5001", 200),
+        ({"OTELSVC_AUTH_TOKEN": "t"}, "attacker.example", 401),  # the token is the guard then
+    ],
+)
+async def test_without_a_token_only_our_host_names_are_served(
+    start_app: StartApp, env: dict[str, str], host: str, status: int
+) -> None:
+    """DNS rebinding: a request for another Host name is refused (403 naming Host) unless a token is set."""
+    app = await start_app(**env)
+    response = await app.client.get("/health/detailed", headers={"Host": host})
+    assert response.status == status
+    if status == 403:
+        answer = await response.json()
+        assert (answer["error"], answer["field"]) == ("host_not_allowed", "Host")
+        detail = await (await app.client.get("/health/detailed")).json()
+        assert detail["events"]["rejected"] == {"host_not_allowed": 1}
+
+
+async def test_the_server_header_names_no_versions(start_app: StartApp) -> None:
+    """The Server header says what answers, not which Python and aiohttp versions."""
+    app = await start_app()
+    for response in (await app.client.get("/health"), await app.client.get("/nowhere")):
+        assert response.headers["Server"] == "otel-service"
+
+
+def test_the_spool_and_its_sockets_are_the_owners_only(serve, sidecar_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """The spool directory is 0700 and the unix sockets in it 0600, whatever the umask."""
+    old = os.umask(0)
+    try:
+        serve(OTELSVC_INTAKE_PROCESSES="2")
+    finally:
+        os.umask(old)
+    spool = Path(sidecar_env["OTELSVC_SPOOL_DIR"])
+    modes = {
+        path.name: stat.S_IMODE(path.stat().st_mode)
+        for path in (spool, spool / "export.sock", spool / "intake.sock")
+    }
+    assert modes == {"spool": 0o700, "export.sock": 0o600, "intake.sock": 0o600}

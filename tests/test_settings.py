@@ -91,6 +91,7 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
         "https://a.example, https://b.example,",
         {"cors_origins": ("https://a.example", "https://b.example")},
     ),
+    "OTELSVC_ALLOWED_HOSTS": ("sidecar.local, otel,", {"allowed_hosts": ("sidecar.local", "otel")}),
     "OTELSVC_PRICE_TABLE": ("/etc/prices.json", {"price_table": Path("/etc/prices.json")}),
     "OTELSVC_DEFAULT_PROVIDER": ("openai", {"default_provider": "openai"}),
     "OTELSVC_SHUTDOWN_TIMEOUT": ("3", {"shutdown_timeout": 3.0}),

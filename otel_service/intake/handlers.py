@@ -66,6 +66,7 @@ def intake_handler(service: Service, routes: Routes) -> Handler:
         auth_token=settings.auth_token,
         limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
         cors_origins=settings.cors_origins,
+        allowed_hosts=(settings.host, *settings.allowed_hosts),
     )
 
 

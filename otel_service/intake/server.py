@@ -7,13 +7,14 @@ middleware chain cost about 10 % of a request, and a route table of eight paths 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
 
-from ..model.errors import OtelServiceError, RateLimited, Unauthorized
+from ..model.errors import ForbiddenHost, OtelServiceError, RateLimited, Unauthorized
 from ..telemetry.histograms import HistogramSet
 from ..telemetry.instruments import IntakeInstruments
 from ..telemetry.logs import diagnostics
@@ -39,6 +40,23 @@ _CORS_HEADERS = {
     ),
     "Access-Control-Expose-Headers": "X-Correlation-ID",
 }
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without the port (``[::1]:5001`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def json_response(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -86,13 +104,30 @@ def create_handler(
     auth_token: str | None,
     limiter: RateLimiter | None,
     cors_origins: tuple[str, ...],
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Handler:
     """The server's one request handler: finds the route, applies the guards, and turns every error
-    (domain errors, aiohttp's own 4xx, and bugs) into a JSON answer; counts and times every request."""
+    (domain errors, aiohttp's own 4xx, and bugs) into a JSON answer; counts and times every request.
+
+    Without ``auth_token``, only requests for a loopback name or one of ``allowed_hosts`` are served
+    (the DNS-rebinding guard); with it, the token is the guard."""
     table = _with_head(routes)
     token = auth_token.encode() if auth_token else None
     origins = frozenset(cors_origins)
+    hosts = None if token is not None else frozenset(h.lower() for h in allowed_hosts)
     guarded = token is not None or limiter is not None
+
+    def check_host(request: web.BaseRequest) -> None:
+        assert hosts is not None
+        host = request.headers.get("Host")
+        if host is None:  # HTTP/1.0 without a Host: not a browser
+            return
+        name = _host_name(host)
+        if name not in hosts and not _is_loopback(name):
+            raise ForbiddenHost(
+                f"host {name!r} is not served without OTELSVC_AUTH_TOKEN (see OTELSVC_ALLOWED_HOSTS)",
+                field="Host",
+            )
 
     def guard(request: web.BaseRequest, path: str) -> None:
         """Bearer auth (constant-time compare) and per-client rate limits, except on probes."""
@@ -119,15 +154,17 @@ def create_handler(
         origin = request.headers.get("Origin")
         allowed = origin is not None and origin in origins
         try:
-            if guarded:
-                guard(request, path)
-            if request.method == "OPTIONS" and allowed:
+            if hosts is not None:
+                check_host(request)
+            if request.method == "OPTIONS" and allowed:  # a preflight carries no credentials
                 response: web.StreamResponse = web.Response(status=204)
-            elif methods is None:
-                raise web.HTTPNotFound()
-            elif (handler := methods.get(request.method)) is None:
-                raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
             else:
+                if guarded:
+                    guard(request, path)
+                if methods is None:
+                    raise web.HTTPNotFound()
+                if (handler := methods.get(request.method)) is None:
+                    raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
                 response = await handler(request)
         except OtelServiceError as error:
             stats.reject(path, error.reason)
@@ -148,6 +185,9 @@ def create_handler(
             assert origin is not None
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers.update(_CORS_HEADERS)
+        elif origins:  # the answer depends on Origin for every request once CORS is configured
+            response.headers["Vary"] = "Origin"
+        response.headers["Server"] = "otel-service"  # not aiohttp's, which names versions
         if response.status >= 400:
             stats.failed_requests += 1
         method = request.method if request.method in _KNOWN_METHODS else "_OTHER"

@@ -6,6 +6,7 @@ OtelServiceError
 │   ├── PayloadTooLarge        (413)
 │   ├── UnsupportedMediaType   (415)
 │   ├── Unauthorized           (401)
+│   ├── ForbiddenHost          (403: a Host that is not ours, without a token)
 │   └── RateLimited            (429, with Retry-After)
 └── Unavailable                (503, with Retry-After: spool full, shutting down)
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "ExpectationFailed",
+    "ForbiddenHost",
     "InvalidEvent",
     "OtelServiceError",
     "PayloadTooLarge",
@@ -78,6 +80,14 @@ class ExpectationFailed(RequestRejected):
 class Unauthorized(RequestRejected):
     status = 401
     reason = "unauthorized"
+
+
+class ForbiddenHost(RequestRejected):
+    """A request for another host name: without a token, only loopback names and the configured ones
+    are served, so a DNS-rebinding page cannot reach the sidecar through the browser."""
+
+    status = 403
+    reason = "host_not_allowed"
 
 
 class RateLimited(RequestRejected):

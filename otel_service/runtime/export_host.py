@@ -180,6 +180,7 @@ def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
         web_runner = web.AppRunner(app, access_log=None)
         await web_runner.setup()
         await web.UnixSite(web_runner, socket_path).start()
+        os.chmod(socket_path, 0o600)  # only this user's processes may ask it to stop
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         parent = os.getppid()

@@ -97,6 +97,7 @@ class IntakeGroup:
         await self._status_runner.setup()
         self._socket.unlink(missing_ok=True)
         await web.UnixSite(self._status_runner, str(self._socket)).start()
+        os.chmod(self._socket, 0o600)
         for index in _others(self._settings):
             forget_published(shard_dir(self._settings.spool_dir, index))
             self._spawn(index)

@@ -21,7 +21,7 @@ class SpoolReader:
     """Reads records after the committed cursor; commits advance it and delete consumed segments."""
 
     def __init__(self, directory: Path, *, stale_tail_seconds: float = 2.0):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # events and sockets: owner only
         self.directory = directory
         self._lock_fd = lock(directory, "reader.lock")
         self.cursor = self._load_cursor()

@@ -19,7 +19,7 @@ class SpoolWriter:
     """Appends framed records; one writer per spool directory (enforced with a lock file)."""
 
     def __init__(self, directory: Path, *, fsync: str = "never", segment_bytes: int = SEGMENT_BYTES):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # events and sockets: owner only
         self.directory = directory
         self._lock_fd = lock(directory, "writer.lock")
         self._fsync = fsync
