@@ -2,10 +2,13 @@
 
 The real tools check what they own: ``promtool check config``, ``promtool check rules``,
 ``promtool test rules`` (unit tests of every alert and recording rule) and ``amtool check-config``
-(binaries from ``$PROMTOOL_BIN`` / ``$AMTOOL_BIN`` or ``PATH``; a missing binary is a failure, not a
-skip). The rest is cross-checked here without Docker: docker-compose.yml against the files it
-mounts and the ports the configurations listen on, Grafana's provisioning against its dashboards,
-and every PromQL expression in rules and dashboards against the metric names the pipeline produces.
+(Prometheus 3.16 and Alertmanager 0.35 as ``make backends`` builds them: ``$PROMTOOL_BIN`` /
+``$AMTOOL_BIN``, or ``PATH``; a missing binary is a failure, not a skip). The rest is cross-checked
+here without Docker: docker-compose.yml against the files it mounts and the ports the configurations
+listen on, Grafana's provisioning against its dashboards, and every PromQL expression in rules and
+dashboards against the metric names the pipeline produces. docker-compose.apache.yml and a real
+``docker compose config`` are in tests/test_configs_compose.py; the dashboards in Grafana's typed
+model in tests/test_configs_dashboards.py.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / "prometheus"
 PROM_CONFIG = PROMETHEUS / "prometheus.yml"
+#: The log and trace stores' scrape jobs, one file per stack (mounted as scrape/backends.yml).
+PROM_BACKEND_SCRAPES = {
+    "grafana-stack": PROMETHEUS / "scrape" / "loki-tempo.yml",
+    "apache-stack": PROMETHEUS / "scrape" / "jaeger-victorialogs.yml",
+}
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
 ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
@@ -124,7 +132,7 @@ def _tool(name: str, env_var: str) -> str:
     if not path:
         pytest.fail(
             f"{name} not found: set ${env_var} or put it on PATH "
-            f"(Debian: apt-get install prometheus prometheus-alertmanager)",
+            f"(`make backends` builds it; `. tools/backends.env` sets ${env_var})",
             pytrace=False,
         )
     return path
@@ -361,12 +369,15 @@ def test_promql_uses_only_known_metrics(where: str, expr: str) -> None:
 # ----------------------------------------------------------------------------------- Prometheus
 
 
-def test_promtool_check_config(promtool: str, tmp_path: Path) -> None:
-    """promtool check config accepts prometheus/prometheus.yml."""
+@pytest.mark.parametrize("stack", sorted(PROM_BACKEND_SCRAPES))
+def test_promtool_check_config(promtool: str, tmp_path: Path, stack: str) -> None:
+    """promtool check config accepts prometheus/prometheus.yml with either stack's backend jobs."""
     # prometheus.yml reads the sidecar's token from secrets/otelsvc_auth_token next to it (compose
     # mounts a secret there) and promtool insists the file exists: check a copy with a placeholder.
     shutil.copy(PROM_CONFIG, tmp_path / "prometheus.yml")
     shutil.copytree(PROMETHEUS / "rules", tmp_path / "rules")
+    (tmp_path / "scrape").mkdir()
+    shutil.copy(PROM_BACKEND_SCRAPES[stack], tmp_path / "scrape" / "backends.yml")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "otelsvc_auth_token").write_text("placeholder\n")
     out = _run(promtool, "check", "config", tmp_path / "prometheus.yml")
@@ -432,6 +443,33 @@ def test_prometheus_scrape_jobs() -> None:
     assert config["rule_files"] == ["rules/*.yml"]
     managers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert managers == ["alertmanager:9093"]
+    # The log and trace stores' jobs come from scrape/backends.yml, one file per stack; BackendDown
+    # watches all four job names.
+    assert config["scrape_config_files"] == ["scrape/backends.yml"]
+    backend_jobs = {
+        stack: {
+            job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+            for job in _load_yaml(path)["scrape_configs"]
+        }
+        for stack, path in PROM_BACKEND_SCRAPES.items()
+    }
+    assert backend_jobs == {
+        "grafana-stack": {"loki": ["loki:3100"], "tempo": ["tempo:3200"]},
+        "apache-stack": {"jaeger": ["jaeger:8888"], "victorialogs": ["victorialogs:9428"]},
+    }
+    # Jaeger's embedded collector reports otelcol_* series too: renamed, so they never mix with ours.
+    jaeger_job = _load_yaml(PROM_BACKEND_SCRAPES["apache-stack"])["scrape_configs"][0]
+    assert jaeger_job["job_name"] == "jaeger"
+    assert {
+        "source_labels": ["__name__"],
+        "regex": "otelcol_(.*)",
+        "target_label": "__name__",
+        "replacement": "jaeger_otelcol_$1",
+    } in jaeger_job["metric_relabel_configs"]
+    backend_down = next(a for a in _alerts() if a["alert"] == "BackendDown")
+    jobs_watched = re.fullmatch(r'up\{job=~"([\w|-]+)"\} == 0', backend_down["expr"].strip())
+    assert jobs_watched, backend_down["expr"]
+    assert set(jobs_watched[1].split("|")) == {job for jobs in backend_jobs.values() for job in jobs}
 
 
 def test_every_alert_has_metadata() -> None:
@@ -524,7 +562,8 @@ def test_amtool_check_config(amtool: str) -> None:
         (["severity=critical", "alertname=SidecarDown"], "pager"),
         (["severity=warning", "alertname=AIErrorRateWarning"], "default"),
         (["severity=info", "alertname=UnpricedModelCalls"], "default"),
-        (["severity=critical", "notify=email,slack"], "team-email,team-slack,pager"),
+        # Alertmanager 0.35 parses matchers as UTF-8 matchers: a value with a comma is quoted.
+        (["severity=critical", 'notify="email,slack"'], "team-email,team-slack,pager"),
         (["alertname=Unlabelled"], "default"),
     ],
 )
@@ -816,9 +855,11 @@ def test_compose_config_files_are_mounted() -> None:
         assert len(args) == 1, f"{name}: {flag} missing"
         path = args[0].removeprefix(flag)
         assert _bind_mounts(name).get(path) == repo_file.resolve(), f"{name}: {path} not mounted"
-    # prometheus.yml's relative rule_files resolve inside the mounted rules directory
-    rules_dir = str(Path(_prometheus_flag("--config.file")).parent / "rules")
-    assert _bind_mounts("prometheus").get(rules_dir) == (PROMETHEUS / "rules").resolve()
+    # prometheus.yml's relative rule_files and scrape_config_files resolve inside the mounts
+    config_dir = Path(_prometheus_flag("--config.file")).parent
+    assert _bind_mounts("prometheus").get(str(config_dir / "rules")) == (PROMETHEUS / "rules").resolve()
+    backends = str(config_dir / "scrape" / "backends.yml")
+    assert _bind_mounts("prometheus").get(backends) == PROM_BACKEND_SCRAPES["grafana-stack"].resolve()
     for ds_dir in ("datasources", "dashboards"):
         target = f"/etc/grafana/provisioning/{ds_dir}"
         assert _bind_mounts("grafana").get(target) == (GRAFANA / "provisioning" / ds_dir).resolve()
@@ -832,7 +873,9 @@ def test_compose_prometheus_flags_and_versions(promtool: str, amtool: str) -> No
     command = _services()["prometheus"]["command"]
     assert "--enable-feature=exemplar-storage" in command
     assert "--web.enable-remote-write-receiver" in command
-    # the images match the Debian binaries the tests run
+    # Prometheus 3 removed the console templates and their flags.
+    assert not [a for a in command if a.startswith("--web.console.")], command
+    # the images match the binaries the tests build and run (Prometheus 3.16, Alertmanager 0.35)
     assert _image_tag("prometheus") == "v" + _tool_version(promtool)
     assert _image_tag("alertmanager") == "v" + _tool_version(amtool)
 
@@ -848,16 +891,12 @@ def test_compose_versions_match_the_native_builds() -> None:
     binary = manifest["dist"]["name"]
     assert f"/build/_build/{binary}" in inline, "ocb output path (manifest output_path: ./_build)"
 
-    loki_mod = (REPO / "tools" / "backends" / "loki" / "go.mod").read_text()
-    loki = re.search(r"github\.com/grafana/loki/v3 v(\d+\.\d+\.\d+)", loki_mod)
-    assert loki, "loki version in tools/backends/loki/go.mod"
-    assert _image_tag("loki") == loki[1]
-
-    tempo_mod = (REPO / "tools" / "backends" / "tempo" / "go.mod").read_text()
-    major_minor = ".".join(_image_tag("tempo").split(".")[:2])
-    assert re.search(rf"\b{re.escape(major_minor)}\.\d", tempo_mod), (
-        f"tempo image {major_minor}.x is not the release tools/backends/tempo/go.mod builds"
-    )
+    # Loki and Tempo (AGPL-3.0) are never built here: their configuration files name the release
+    # line they are written for, which must be the one compose runs.
+    for service, config, product in (("loki", LOKI_CONFIG, "Loki"), ("tempo", TEMPO_CONFIG, "Tempo")):
+        header = re.search(rf"^# Grafana {product} (\d+\.\d+) ", config.read_text(), re.MULTILINE)
+        assert header, f"{config.name}: no '# Grafana {product} <major.minor>' header"
+        assert _image_tag(service).startswith(header[1] + "."), (service, _image_tag(service), header[1])
 
 
 def test_compose_sidecar_settings() -> None:
@@ -874,7 +913,8 @@ def test_compose_ports_match_configs() -> None:
     """Ports in docker-compose.yml, prometheus.yml and Grafana agree with what each service listens on."""
     prom_targets = {
         target
-        for job in _load_yaml(PROM_CONFIG)["scrape_configs"]
+        for path in (PROM_CONFIG, PROM_BACKEND_SCRAPES["grafana-stack"])
+        for job in _load_yaml(path)["scrape_configs"]
         for sc in job["static_configs"]
         for target in sc["targets"]
     }
@@ -907,7 +947,7 @@ def test_compose_ports_match_configs() -> None:
     assert loki_port in _expose("loki")
     assert f"loki:{loki_port}" in prom_targets
     assert ds_urls["loki"] == ("loki", loki_port)
-    loki_otlp = _effective(col["exporters"]["otlp_http/loki"]["endpoint"], col_env)
+    loki_otlp = _effective(col["exporters"]["otlp_http/logs"]["endpoint"], col_env)
     assert _url_port(loki_otlp) == ("loki", loki_port)
 
     # tempo: HTTP API and OTLP/gRPC from the collector
@@ -921,7 +961,7 @@ def test_compose_ports_match_configs() -> None:
     assert {tempo_http, tempo_grpc} <= _expose("tempo")
     assert f"tempo:{tempo_http}" in prom_targets
     assert ds_urls["tempo"] == ("tempo", tempo_http)
-    tempo_otlp = _effective(col["exporters"]["otlp_grpc/tempo"]["endpoint"], col_env)
+    tempo_otlp = _effective(col["exporters"]["otlp_grpc/traces"]["endpoint"], col_env)
     assert _url_port(tempo_otlp) == ("tempo", tempo_grpc)
 
     # tempo's metrics generator writes to prometheus' remote-write receiver

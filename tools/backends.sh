@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Real backends for the end-to-end suite: build or install every binary once, cache it outside the
-# work tree, and tell the tests where it is.
+# Real backends for the end-to-end suite: build every binary once from the Go module proxy, cache it
+# outside the work tree, and tell the tests where it is.
 #
 #   tools/backends.sh install [COMPONENT...]   make the binaries available (idempotent; warm = seconds)
-#                                              COMPONENT: apt collector loki tempo (default: all)
+#                                              COMPONENT: collector prometheus alertmanager jaeger
+#                                              victorialogs compose (default: all)
 #   tools/backends.sh paths                    print `export NAME=path` lines for the test suite
 #   tools/backends.sh versions                 print the pinned versions
 #
-# Cache: ${OTEL_SERVICE_CACHE:-$HOME/.cache/otel-service}/bin/, one file per version, and for the
-# Go-built ones also per hash of their build inputs (collector/manifest.yaml, the wrapper module's
-# go.mod + go.sum), so changing a manifest or wrapper rebuilds. Build logs: $CACHE/logs/.
-# Go's own caches (GOPATH, GOCACHE, GOMODCACHE) stay at their defaults under $HOME.
+# Only permissively licensed code is built here (Apache-2.0): the OpenTelemetry Collector (ocb, from
+# collector/manifest.yaml), Prometheus + promtool, Alertmanager + amtool, Jaeger v2 (traces),
+# VictoriaLogs (logs) and docker compose (validates docker-compose.yml). Loki, Tempo and Grafana are
+# AGPL-3.0: their modules are never downloaded or built (tests/test_backends_licences.py checks).
 #
-# Sources: prometheus, promtool, alertmanager, amtool from Debian (packages prometheus,
-# prometheus-alertmanager; Debian's Alertmanager binary is /usr/bin/prometheus-alertmanager); the collector from collector/manifest.yaml with the OpenTelemetry
-# Collector Builder (ocb); Loki and Tempo from their Go modules through the wrapper modules in
-# tools/backends/{loki,tempo}/ (their go.mod files repeat the upstream replace directives).
+# Cache: ${OTEL_SERVICE_CACHE:-$HOME/.cache/otel-service}/bin/, one file per version and hash of its
+# build inputs (this script's build recipe, and collector/manifest.yaml or the wrapper module's
+# go.mod + go.sum), so changing a pin, a manifest or a wrapper rebuilds. Build logs: $CACHE/logs/.
+# Go's own caches (GOPATH, GOCACHE, GOMODCACHE) stay at their defaults under $HOME.
+# Builds run under `nice -n 10` (BUILD_NICE=0 to change) and with CGO_ENABLED=0 (static binaries).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,19 +25,26 @@ CACHE="${OTEL_SERVICE_CACHE:-$HOME/.cache/otel-service}"
 BIN="$CACHE/bin"
 LOGS="$CACHE/logs"
 BUILD="$CACHE/build"
+NICE="${BUILD_NICE:-10}"
 
-# Pinned versions. The collector version must match every gomod line in collector/manifest.yaml;
-# Loki/Tempo versions are the ones required by tools/backends/{loki,tempo}/go.mod.
-COLLECTOR_VERSION="0.155.0"
-LOKI_VERSION="3.7.8"
-# Tempo is required by pseudo-version (module path has no /v2): main @ 87c2dc380cec, 2025-05-29,
-# which is v2.8.0-rc.0 plus a few commits.
-TEMPO_VERSION="2.8.0-rc.0-87c2dc380cec"
-DEBIAN_PACKAGES=(prometheus prometheus-alertmanager)
+# Pinned versions. The collector version must match every gomod line in collector/manifest.yaml
+# (ocb checks); Jaeger's and compose's are the ones required by tools/backends/{jaeger,compose}/go.mod.
+COLLECTOR_VERSION="0.165.0"
+PROMETHEUS_VERSION="3.16.0"          # Go module github.com/prometheus/prometheus v0.316.0
+PROMETHEUS_MODULE_VERSION="v0.316.0"
+ALERTMANAGER_VERSION="0.35.0"
+JAEGER_VERSION="1.75.0"              # github.com/jaegertracing/jaeger v1.75.0 (Jaeger v2 binary cmd/jaeger)
+VICTORIALOGS_VERSION="1.52.2"
+COMPOSE_VERSION="5.6.0"
 
 COLLECTOR_MANIFEST="$ROOT/collector/manifest.yaml"
-LOKI_WRAPPER="$ROOT/tools/backends/loki"
-TEMPO_WRAPPER="$ROOT/tools/backends/tempo"
+JAEGER_WRAPPER="$ROOT/tools/backends/jaeger"
+COMPOSE_WRAPPER="$ROOT/tools/backends/compose"
+
+# Prometheus build tags: netgo (no cgo resolver) and remove_all_sd (only the static and file service
+# discoveries, which is all prometheus/prometheus.yml uses; the cloud SDKs make the build 3x longer).
+# No `builtinassets`: the module has no web UI assets; the HTTP API is complete without them.
+PROMETHEUS_TAGS="netgo,remove_all_sd"
 
 log() { printf '[backends] %s\n' "$*" >&2; }
 die() { printf '[backends] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -47,20 +56,32 @@ find_go() {
   return 1
 }
 
-# hash of build inputs -> 12 hex chars
-input_hash() { cat "$@" | sha256sum | cut -c1-12; }
+# hash of build inputs (files, then strings) -> 12 hex chars
+input_hash() {
+  local files=() strings=()
+  for a in "$@"; do if [[ -f "$a" ]]; then files+=("$a"); else strings+=("$a"); fi; done
+  { [[ ${#files[@]} -gt 0 ]] && cat "${files[@]}"; printf '%s\n' "${strings[@]}"; } | sha256sum | cut -c1-12
+}
 
-collector_bin() { echo "$BIN/otelcol-otel-service-$COLLECTOR_VERSION-$(input_hash "$COLLECTOR_MANIFEST")"; }
-ocb_bin()       { echo "$BIN/ocb-$COLLECTOR_VERSION"; }
-loki_bin()      { echo "$BIN/loki-$LOKI_VERSION-$(input_hash "$LOKI_WRAPPER/go.mod" "$LOKI_WRAPPER/go.sum")"; }
-tempo_bin()     { echo "$BIN/tempo-$TEMPO_VERSION-$(input_hash "$TEMPO_WRAPPER/go.mod" "$TEMPO_WRAPPER/go.sum")"; }
+collector_bin()    { echo "$BIN/otelcol-otel-service-$COLLECTOR_VERSION-$(input_hash "$COLLECTOR_MANIFEST")"; }
+ocb_bin()          { echo "$BIN/ocb-$COLLECTOR_VERSION"; }
+prom_recipe()      { echo "prometheus $PROMETHEUS_MODULE_VERSION tags=$PROMETHEUS_TAGS"; }
+prometheus_bin()   { echo "$BIN/prometheus-$PROMETHEUS_VERSION-$(input_hash "$(prom_recipe)")"; }
+promtool_bin()     { echo "$BIN/promtool-$PROMETHEUS_VERSION-$(input_hash "$(prom_recipe)")"; }
+am_recipe()        { echo "alertmanager v$ALERTMANAGER_VERSION netgo ui-stub"; }
+alertmanager_bin() { echo "$BIN/alertmanager-$ALERTMANAGER_VERSION-$(input_hash "$(am_recipe)")"; }
+amtool_bin()       { echo "$BIN/amtool-$ALERTMANAGER_VERSION-$(input_hash "$(am_recipe)")"; }
+jaeger_bin()       { echo "$BIN/jaeger-$JAEGER_VERSION-$(input_hash "$JAEGER_WRAPPER/go.mod" "$JAEGER_WRAPPER/go.sum")"; }
+vl_recipe()        { echo "victorialogs v$VICTORIALOGS_VERSION app/victoria-logs netgo"; }
+victorialogs_bin() { echo "$BIN/victoria-logs-$VICTORIALOGS_VERSION-$(input_hash "$(vl_recipe)")"; }
+compose_bin()      { echo "$BIN/docker-compose-$COMPOSE_VERSION-$(input_hash "$COMPOSE_WRAPPER/go.mod" "$COMPOSE_WRAPPER/go.sum")"; }
 
 # run_logged COMPONENT LOGFILE CMD... : run a build step, keep its output in LOGFILE, and on failure
 # name the component and show the end of the log.
 run_logged() {
   local component="$1" logfile="$2"; shift 2
   mkdir -p "$(dirname "$logfile")"
-  if ! "$@" >"$logfile" 2>&1; then
+  if ! nice -n "$NICE" "$@" >"$logfile" 2>&1; then
     printf '[backends] ---- last lines of %s ----\n' "$logfile" >&2
     tail -n 40 "$logfile" >&2 || true
     die "$component: build failed: $* (full log: $logfile)"
@@ -73,72 +94,28 @@ step() {
   local t0; t0=$(date +%s.%N)
   "$@"
   local t1; t1=$(date +%s.%N)
-  log "$(awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "%-10s done in %6.1fs", n, b - a }')"
+  log "$(awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "%-12s done in %6.1fs", n, b - a }')"
 }
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else die "apt: need root or sudo to run: $*"; fi
-}
-
-# Debian names the Alertmanager binary prometheus-alertmanager; accept either name.
-find_tool() {
-  case "$1" in
-    alertmanager) command -v alertmanager 2>/dev/null || command -v prometheus-alertmanager 2>/dev/null ;;
-    *) command -v "$1" 2>/dev/null ;;
-  esac
-}
-
-install_apt() {
-  local missing=()
-  for tool in prometheus promtool alertmanager amtool; do
-    find_tool "$tool" >/dev/null || missing+=("$tool")
-  done
-  if [[ ${#missing[@]} -eq 0 ]]; then
-    log "apt: prometheus, promtool, alertmanager, amtool already installed"
-    return
-  fi
-  command -v apt-get >/dev/null 2>&1 || die "apt: missing ${missing[*]} and no apt-get on this machine"
-  log "apt: installing ${DEBIAN_PACKAGES[*]} (missing: ${missing[*]})"
-  # Keep the packages' init scripts from starting daemons (which would hold ports 9090/9093):
-  # policy-rc.d exit 101 = "action forbidden". Only added if the machine has none, removed after.
-  local added_policy=""
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
-    added_policy=1
-  fi
-  local rc=0
-  {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${DEBIAN_PACKAGES[@]}"
-  } >"$LOGS/apt.log" 2>&1 || rc=$?
-  [[ -n "$added_policy" ]] && as_root rm -f /usr/sbin/policy-rc.d
-  if [[ $rc -ne 0 ]]; then
-    tail -n 30 "$LOGS/apt.log" >&2
-    die "apt: apt-get install ${DEBIAN_PACKAGES[*]} failed (full log: $LOGS/apt.log)"
-  fi
-  # Stop anything a postinst may have started anyway on a systemd machine; the tests run their own.
-  if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-    as_root systemctl disable --now prometheus prometheus-node-exporter prometheus-alertmanager \
-      >/dev/null 2>&1 || true
-  fi
-  for tool in prometheus promtool alertmanager amtool; do
-    find_tool "$tool" >/dev/null || die "apt: $tool still missing after installing ${DEBIAN_PACKAGES[*]}"
-  done
+# go_install_to OUT COMPONENT LOGNAME PKG@VERSION [go build flags...]: `go install` one main package of a
+# module that has no replace/exclude directives, then move the binary to OUT (atomically).
+go_install_to() {
+  local out="$1" component="$2" logname="$3" pkg="$4"; shift 4
+  local gobin="$BUILD/$logname"
+  rm -rf "$gobin"; mkdir -p "$gobin"
+  run_logged "$component" "$LOGS/$logname.log" env GOBIN="$gobin" CGO_ENABLED=0 "$GO" install "$@" "$pkg"
+  local name="${pkg%@*}"; name="${name##*/}"
+  [[ -x "$gobin/$name" ]] || die "$component: go install succeeded but produced no $gobin/$name"
+  mv -f "$gobin/$name" "$out.tmp" && mv -f "$out.tmp" "$out"
+  rm -rf "$gobin"
 }
 
 install_ocb() {
   local out; out=$(ocb_bin)
   if [[ -x "$out" ]]; then log "ocb: cached $out"; return; fi
-  local gobin="$BUILD/ocb-$COLLECTOR_VERSION"
-  rm -rf "$gobin"; mkdir -p "$gobin"
   log "ocb: go install go.opentelemetry.io/collector/cmd/builder@v$COLLECTOR_VERSION"
-  run_logged "ocb (collector builder v$COLLECTOR_VERSION)" "$LOGS/ocb.log" \
-    env GOBIN="$gobin" "$GO" install "go.opentelemetry.io/collector/cmd/builder@v$COLLECTOR_VERSION"
-  mv -f "$gobin/builder" "$out"
-  rm -rf "$gobin"
+  go_install_to "$out" "ocb (collector builder v$COLLECTOR_VERSION)" "ocb-$COLLECTOR_VERSION" \
+    "go.opentelemetry.io/collector/cmd/builder@v$COLLECTOR_VERSION"
 }
 
 install_collector() {
@@ -159,43 +136,97 @@ install_collector() {
   rm -rf "$dir"
 }
 
-install_loki() {
-  local out; out=$(loki_bin)
-  if [[ -x "$out" ]]; then log "loki: cached $out"; return; fi
-  log "loki: go build github.com/grafana/loki/v3/cmd/loki@v$LOKI_VERSION (wrapper tools/backends/loki)"
-  # Flags as Loki's Makefile: static (netgo, no cgo), stripped, version stamped.
-  (cd "$LOKI_WRAPPER" && run_logged "loki $LOKI_VERSION (wrapper module tools/backends/loki)" "$LOGS/loki.log" \
-    env CGO_ENABLED=0 "$GO" build -mod=readonly -tags netgo \
-      -ldflags "-s -w -X github.com/grafana/loki/v3/pkg/util/build.Version=$LOKI_VERSION -X github.com/grafana/loki/v3/pkg/util/build.Branch=release-${LOKI_VERSION%.*}.x" \
-      -o "$out.tmp" github.com/grafana/loki/v3/cmd/loki)
+install_prometheus() {
+  local out; out=$(prometheus_bin)
+  local tool; tool=$(promtool_bin)
+  if [[ -x "$out" && -x "$tool" ]]; then log "prometheus: cached $out, $tool"; return; fi
+  # Version stamped as Prometheus's .promu.yml does (prometheus --version, build_info).
+  local v="github.com/prometheus/common/version"
+  local ldflags="-s -w -X $v.Version=$PROMETHEUS_VERSION -X $v.Branch=release-${PROMETHEUS_VERSION%.*} -X $v.BuildUser=otel-service -X $v.Revision=$PROMETHEUS_MODULE_VERSION"
+  log "prometheus: go install github.com/prometheus/prometheus/cmd/{prometheus,promtool}@$PROMETHEUS_MODULE_VERSION"
+  go_install_to "$out" "prometheus $PROMETHEUS_VERSION" "prometheus-$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION" -tags "$PROMETHEUS_TAGS" -ldflags "$ldflags"
+  go_install_to "$tool" "promtool $PROMETHEUS_VERSION" "promtool-$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" -tags "$PROMETHEUS_TAGS" -ldflags "$ldflags"
+}
+
+install_alertmanager() {
+  local out; out=$(alertmanager_bin)
+  local tool; tool=$(amtool_bin)
+  if [[ -x "$out" && -x "$tool" ]]; then log "alertmanager: cached $out, $tool"; return; fi
+  local v="github.com/prometheus/common/version"
+  local ldflags="-s -w -X $v.Version=$ALERTMANAGER_VERSION -X $v.Branch=release-${ALERTMANAGER_VERSION%.*} -X $v.BuildUser=otel-service -X $v.Revision=v$ALERTMANAGER_VERSION"
+  # The module zip has no built web UI (ui/app/dist is made by npm/elm in Alertmanager's release
+  # build), and ui/web.go embeds that directory, so `go install ...@v0.35.0` fails. Build from a copy
+  # of the module's source (verified by the proxy's checksum) with a one-file ui/app/dist: the API
+  # (/api/v2, /-/ready) is complete; the web UI answers 404.
+  log "alertmanager: go build github.com/prometheus/alertmanager/cmd/{alertmanager,amtool}@v$ALERTMANAGER_VERSION (UI assets stubbed)"
+  local src="$BUILD/alertmanager-$ALERTMANAGER_VERSION-src"
+  local dir
+  dir=$(run_logged "alertmanager $ALERTMANAGER_VERSION (download)" "$LOGS/alertmanager-download.log" \
+    "$GO" mod download -json "github.com/prometheus/alertmanager@v$ALERTMANAGER_VERSION" && \
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' "$LOGS/alertmanager-download.log")
+  [[ -n "$dir" && -d "$dir" ]] || die "alertmanager: go mod download gave no module directory (log: $LOGS/alertmanager-download.log)"
+  rm -rf "$src"; cp -R "$dir" "$src"; chmod -R u+w "$src"
+  mkdir -p "$src/ui/app/dist"
+  printf '%s\n' "Alertmanager's web UI is not part of this build (its Go module ships without the built assets)." \
+    >"$src/ui/app/dist/NOTICE.txt"
+  (cd "$src" && run_logged "alertmanager $ALERTMANAGER_VERSION" "$LOGS/alertmanager-$ALERTMANAGER_VERSION.log" \
+    env CGO_ENABLED=0 "$GO" build -mod=readonly -tags netgo -ldflags "$ldflags" -o "$out.tmp" ./cmd/alertmanager)
+  (cd "$src" && run_logged "amtool $ALERTMANAGER_VERSION" "$LOGS/amtool-$ALERTMANAGER_VERSION.log" \
+    env CGO_ENABLED=0 "$GO" build -mod=readonly -tags netgo -ldflags "$ldflags" -o "$tool.tmp" ./cmd/amtool)
+  mv -f "$out.tmp" "$out" && mv -f "$tool.tmp" "$tool"
+  rm -rf "$src"
+}
+
+install_victorialogs() {
+  local out; out=$(victorialogs_bin)
+  if [[ -x "$out" ]]; then log "victorialogs: cached $out"; return; fi
+  # Version stamped as VictoriaLogs's Makefile does (lib/buildinfo.Version, shown by -version).
+  local ldflags="-s -w -X github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo.Version=victoria-logs-v$VICTORIALOGS_VERSION"
+  log "victorialogs: go install github.com/VictoriaMetrics/VictoriaLogs/app/victoria-logs@v$VICTORIALOGS_VERSION"
+  go_install_to "$out" "victorialogs $VICTORIALOGS_VERSION" "victoria-logs-$VICTORIALOGS_VERSION" \
+    "github.com/VictoriaMetrics/VictoriaLogs/app/victoria-logs@v$VICTORIALOGS_VERSION" -tags netgo -ldflags "$ldflags"
+}
+
+# build_wrapped OUT COMPONENT WRAPPER LOGNAME PKG [go build flags...]: build PKG through a wrapper module
+# (for modules whose replace/exclude directives `go install pkg@version` refuses).
+build_wrapped() {
+  local out="$1" component="$2" wrapper="$3" logname="$4" pkg="$5"; shift 5
+  (cd "$wrapper" && run_logged "$component (wrapper module ${wrapper#"$ROOT"/})" "$LOGS/$logname.log" \
+    env CGO_ENABLED=0 "$GO" build -mod=readonly "$@" -o "$out.tmp" "$pkg")
   mv -f "$out.tmp" "$out"
 }
 
-install_tempo() {
-  local out; out=$(tempo_bin)
-  if [[ -x "$out" ]]; then log "tempo: cached $out"; return; fi
-  log "tempo: go build github.com/grafana/tempo/cmd/tempo ($TEMPO_VERSION, wrapper tools/backends/tempo)"
-  # GOSUMDB=off: the checksum database has no entry for Tempo's pseudo-version (nor for a few of
-  # its dependencies); every module hash is pinned in the committed go.sum, which -mod=readonly
-  # enforces.
-  (cd "$TEMPO_WRAPPER" && run_logged "tempo $TEMPO_VERSION (wrapper module tools/backends/tempo)" "$LOGS/tempo.log" \
-    env CGO_ENABLED=0 GOSUMDB=off "$GO" build -mod=readonly \
-      -ldflags "-s -w -X main.Version=$TEMPO_VERSION -X main.Branch=main -X main.Revision=${TEMPO_VERSION##*-}" \
-      -o "$out.tmp" github.com/grafana/tempo/cmd/tempo)
-  mv -f "$out.tmp" "$out"
+install_jaeger() {
+  local out; out=$(jaeger_bin)
+  if [[ -x "$out" ]]; then log "jaeger: cached $out"; return; fi
+  log "jaeger: go build github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION (wrapper tools/backends/jaeger)"
+  build_wrapped "$out" "jaeger $JAEGER_VERSION" "$JAEGER_WRAPPER" "jaeger-$JAEGER_VERSION" \
+    github.com/jaegertracing/jaeger/cmd/jaeger -tags netgo \
+    -ldflags "-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=v$JAEGER_VERSION"
 }
+
+install_compose() {
+  local out; out=$(compose_bin)
+  if [[ -x "$out" ]]; then log "compose: cached $out"; return; fi
+  log "compose: go build github.com/docker/compose/v5/cmd@v$COMPOSE_VERSION (wrapper tools/backends/compose)"
+  build_wrapped "$out" "docker compose $COMPOSE_VERSION" "$COMPOSE_WRAPPER" "compose-$COMPOSE_VERSION" \
+    github.com/docker/compose/v5/cmd -tags netgo \
+    -ldflags "-s -w -X github.com/docker/compose/v5/internal.Version=v$COMPOSE_VERSION"
+}
+
+ALL_COMPONENTS=(collector prometheus alertmanager jaeger victorialogs compose)
 
 cmd_install() {
   local components=("$@")
-  [[ ${#components[@]} -eq 0 ]] && components=(apt collector loki tempo)
+  [[ ${#components[@]} -eq 0 ]] && components=("${ALL_COMPONENTS[@]}")
   mkdir -p "$BIN" "$LOGS" "$BUILD"
   for c in "${components[@]}"; do
-    case "$c" in apt|collector|loki|tempo) ;; *) die "unknown component '$c' (apt collector loki tempo)";; esac
+    [[ " ${ALL_COMPONENTS[*]} " == *" $c "* ]] || die "unknown component '$c' (${ALL_COMPONENTS[*]})"
   done
-  if [[ " ${components[*]} " =~ \ (collector|loki|tempo)\  ]]; then
-    GO=$(find_go) || die "go: no Go toolchain found (PATH, \$GO or /usr/local/go/bin/go); Loki $LOKI_VERSION needs go >= 1.26.5"
-    log "using $("$GO" version) ($GO)"
-  fi
+  GO=$(find_go) || die "go: no Go toolchain found (PATH, \$GO or /usr/local/go/bin/go); go >= 1.26.8 is needed"
+  log "using $("$GO" version) ($GO)"
   # One installer at a time per cache (parallel test sessions share it).
   exec 9>"$CACHE/.lock"
   if command -v flock >/dev/null 2>&1; then flock 9; fi
@@ -203,22 +234,23 @@ cmd_install() {
   for c in "${components[@]}"; do
     step "$c" "install_$c"
   done
-  log "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "total      done in %6.1fs", b - a }')"
+  log "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "total        done in %6.1fs", b - a }')"
 }
 
 cmd_paths() {
-  local missing=() line
+  local missing=()
   emit() { # NAME PATH COMPONENT
     if [[ -n "$2" && -x "$2" ]]; then printf 'export %s=%q\n' "$1" "$2"
     else missing+=("$1 ($3)"); fi
   }
   emit OTELCOL_BIN "$(collector_bin)" collector
-  emit LOKI_BIN "$(loki_bin)" loki
-  emit TEMPO_BIN "$(tempo_bin)" tempo
-  emit PROMETHEUS_BIN "$(find_tool prometheus || true)" apt
-  emit PROMTOOL_BIN "$(find_tool promtool || true)" apt
-  emit ALERTMANAGER_BIN "$(find_tool alertmanager || true)" apt
-  emit AMTOOL_BIN "$(find_tool amtool || true)" apt
+  emit PROMETHEUS_BIN "$(prometheus_bin)" prometheus
+  emit PROMTOOL_BIN "$(promtool_bin)" prometheus
+  emit ALERTMANAGER_BIN "$(alertmanager_bin)" alertmanager
+  emit AMTOOL_BIN "$(amtool_bin)" alertmanager
+  emit JAEGER_BIN "$(jaeger_bin)" jaeger
+  emit VICTORIALOGS_BIN "$(victorialogs_bin)" victorialogs
+  emit COMPOSE_BIN "$(compose_bin)" compose
   if [[ ${#missing[@]} -gt 0 ]]; then
     die "not installed: ${missing[*]} -- run: tools/backends.sh install"
   fi
@@ -226,11 +258,11 @@ cmd_paths() {
 
 cmd_versions() {
   echo "collector otelcol-otel-service $COLLECTOR_VERSION (ocb $COLLECTOR_VERSION)"
-  echo "loki $LOKI_VERSION"
-  echo "tempo $TEMPO_VERSION"
-  for p in "${DEBIAN_PACKAGES[@]}"; do
-    echo "debian $p $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo '(not installed)')"
-  done
+  echo "prometheus $PROMETHEUS_VERSION (github.com/prometheus/prometheus $PROMETHEUS_MODULE_VERSION)"
+  echo "alertmanager $ALERTMANAGER_VERSION"
+  echo "jaeger $JAEGER_VERSION (cmd/jaeger, Jaeger v2)"
+  echo "victorialogs $VICTORIALOGS_VERSION"
+  echo "docker-compose $COMPOSE_VERSION"
 }
 
 case "${1:-}" in

@@ -1,25 +1,31 @@
 """The whole otel-service pipeline, natively on loopback, with the repository's own configuration files.
 
-``Stack`` starts Loki, Tempo, Prometheus, Alertmanager, the OpenTelemetry Collector and the sidecar
-(``python -m otel_service serve``) as child processes on free 127.0.0.1 ports, each with the file
-docker-compose.yml mounts:
+``Stack`` starts VictoriaLogs (logs), Jaeger v2 (traces), Prometheus, Alertmanager, the OpenTelemetry
+Collector and the sidecar (``python -m otel_service serve``) as child processes on free 127.0.0.1
+ports: the Apache-2.0 stack of docker-compose.apache.yml, each with the file compose mounts:
 
-- collector/config.yaml, loki/config.yaml and tempo/config.yaml as they are: every address, port and
-  path in them is an environment variable, which the stack sets;
-- prometheus/prometheus.yml copied into a temp dir with only its ``host:port`` strings replaced
-  (docker service names become 127.0.0.1 and the stack's ports), prometheus/rules/ copied next to it
-  and the sidecar's bearer token written to ``secrets/otelsvc_auth_token`` (the path the file reads);
+- collector/config.yaml and jaeger/config.yaml as they are: every address, port and path in them is
+  an environment variable, which the stack sets (the collector's two store endpoints included);
+- victorialogs/victorialogs.env as VictoriaLogs' flags (``-envflag.enable``), plus the listen
+  address and data path on the command line;
+- prometheus/prometheus.yml and prometheus/scrape/jaeger-victorialogs.yml (mounted as
+  scrape/backends.yml) copied into a temp dir with only their ``host:port`` strings replaced
+  (docker service names become 127.0.0.1 and the stack's ports), prometheus/rules/ copied next to
+  them and the sidecar's bearer token written to ``secrets/otelsvc_auth_token``;
 - alertmanager/alertmanager.yml copied with the webhook base URL
   ``http://otel-service-alert-webhook:9099`` replaced by an in-process recorder's URL.
 
 Nothing else in those files changes (intervals included). Binaries come from the environment:
-``OTELCOL_BIN LOKI_BIN TEMPO_BIN PROMETHEUS_BIN ALERTMANAGER_BIN`` (``make backends`` writes them to
-tools/backends.env). A missing binary, a component that exits or is not ready in time raises
+``OTELCOL_BIN JAEGER_BIN VICTORIALOGS_BIN PROMETHEUS_BIN ALERTMANAGER_BIN`` (``make backends`` writes
+them to tools/backends.env). A missing binary, a component that exits or is not ready in time raises
 ``StackError`` naming the component, with the end of its log.
 
-Run the stack by hand (``make stack``): ``python -m tests.e2e.stack`` uses the standard ports where
-they are free, adds Grafana when a ``grafana-server`` binary exists, prints the URLs and waits for
-Ctrl-C.
+Loki, Tempo and Grafana (AGPL-3.0) are never built or run here: they are the default compose stack,
+and only docker-compose.yml runs their official images.
+
+Run the stack by hand (``make stack``, or ``python -m tools.stack --help``): it uses the standard
+ports where they are free, adds Grafana when a ``grafana-server`` binary exists, prints the URLs and
+waits for Ctrl-C. The end-to-end suite imports ``Stack`` from here.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import calendar
 import contextlib
 import http.client
 import json
@@ -47,6 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import yaml
+
 __all__ = [
     "REPO",
     "Component",
@@ -59,7 +68,7 @@ __all__ = [
     "http_request",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 WEBHOOK_BASE = "http://otel-service-alert-webhook:9099"
 SERVICE_NAME = "otel-service"
@@ -67,26 +76,27 @@ SERVICE_NAME = "otel-service"
 #: Environment variable -> (component, what it is).
 BINARIES = {
     "OTELCOL_BIN": "collector",
-    "LOKI_BIN": "loki",
-    "TEMPO_BIN": "tempo",
+    "JAEGER_BIN": "jaeger",
+    "VICTORIALOGS_BIN": "victorialogs",
     "PROMETHEUS_BIN": "prometheus",
     "ALERTMANAGER_BIN": "alertmanager",
 }
 
-#: The ports docker-compose.yml and the configuration files use (``python -m tests.e2e.stack``
-#: takes these when they are free). Tempo's OTLP receivers default to 4317/4318 too, which the
-#: collector owns on one host: they get free ports.
+#: The ports docker-compose.apache.yml and the configuration files use (``python -m tools.stack``
+#: takes these when they are free). Jaeger's OTLP receivers, health check and own metrics default
+#: to 4317/4318/13133/8888 too, which the collector owns on one host: they get free ports.
 STANDARD_PORTS = {
     "sidecar": 5001,
     "prometheus": 9090,
     "alertmanager": 9093,
-    "loki_http": 3100,
-    "loki_grpc": 9096,
-    "tempo_http": 3200,
-    "tempo_grpc": 9095,
-    "tempo_otlp_grpc": None,
-    "tempo_otlp_http": None,
-    "tempo_memberlist": 7946,
+    "victorialogs": 9428,
+    "jaeger_query_http": 16686,
+    "jaeger_query_grpc": 16685,
+    "jaeger_otlp_grpc": None,
+    "jaeger_otlp_http": None,
+    "jaeger_health": None,
+    "jaeger_health_grpc": None,
+    "jaeger_metrics": None,
     "otelcol_grpc": 4317,
     "otelcol_http": 4318,
     "otelcol_prometheus": 8889,
@@ -104,9 +114,34 @@ PROMETHEUS_TARGETS = {
     "otel-service:5001": "sidecar",
     "localhost:9090": "prometheus",
     "alertmanager:9093": "alertmanager",
-    "loki:3100": "loki_http",
-    "tempo:3200": "tempo_http",
 }
+
+#: Targets of the backend scrape jobs (prometheus/scrape/jaeger-victorialogs.yml) -> port name.
+BACKEND_SCRAPE_FILE = "jaeger-victorialogs.yml"
+BACKEND_TARGETS = {
+    "jaeger:8888": "jaeger_metrics",
+    "victorialogs:9428": "victorialogs",
+}
+
+
+#: VictoriaLogs reads its flags from ``VL_*`` environment variables (``-envflag.enable``); the values
+#: are in victorialogs/victorialogs.env, the file docker-compose.apache.yml uses as env_file.
+VICTORIALOGS_ENV_PREFIX = "VL_"
+VICTORIALOGS_ENV_FILE = REPO / "victorialogs" / "victorialogs.env"
+
+
+def victorialogs_flags(path: Path = VICTORIALOGS_ENV_FILE) -> dict[str, str]:
+    """``NAME=value`` lines of victorialogs/victorialogs.env (comments and blank lines skipped)."""
+    flags: dict[str, str] = {}
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.startswith(VICTORIALOGS_ENV_PREFIX):
+            raise StackError(f"victorialogs: {path}:{number}: expected {VICTORIALOGS_ENV_PREFIX}<flag>=<v>")
+        flags[name] = value
+    return flags
 
 
 class StackError(RuntimeError):
@@ -205,7 +240,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _decode_id(value: str | None) -> str | None:
-    """A trace/span ID from Tempo's JSON (base64 in OTLP/JSON, hex in some versions) as hex."""
+    """A trace/span ID from OTLP/JSON (hex; base64 in some encoders) as lower-case hex."""
     if not value:
         return None
     if re.fullmatch(r"[0-9a-fA-F]{16}|[0-9a-fA-F]{32}", value):
@@ -238,7 +273,7 @@ def _any_value(value: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class Span:
-    """One span of a trace as Tempo returns it."""
+    """One span of a trace as the trace store (Jaeger's OTLP ``/api/v3`` answer) returns it."""
 
     trace_id: str
     span_id: str
@@ -250,11 +285,14 @@ class Span:
     attributes: Mapping[str, Any]
     status_code: str
     resource: Mapping[str, Any]
+    #: What the trace store changed on ingestion and said so (Jaeger's ``@jaeger@warnings``).
+    store_warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class LogLine:
-    """One Loki entry: its stream labels (index labels and structured metadata), time and line."""
+    """One VictoriaLogs entry: its fields (stream fields and the rest: ``trace_id``, ``span_id``,
+    ``correlation_id``, ...) without ``_msg`` and ``_time``, its time, and its message (the body)."""
 
     labels: Mapping[str, str]
     time_ns: int
@@ -264,13 +302,10 @@ class LogLine:
         return json.loads(self.line)
 
 
-def parse_tempo_trace(document: Mapping[str, Any]) -> list[Span]:
-    """Spans of Tempo's ``/api/traces/<id>`` answer (``batches`` or ``trace.resourceSpans``)."""
-    resources = document.get("batches")
-    if resources is None:
-        resources = document.get("trace", {}).get("resourceSpans", [])
-    if resources is None:
-        resources = document.get("resourceSpans", [])
+def parse_otlp_trace(document: Mapping[str, Any]) -> list[Span]:
+    """Spans of an OTLP/JSON trace: Jaeger's ``/api/v3/traces/<id>`` answer (``result.resourceSpans``),
+    or a bare ``resourceSpans`` document."""
+    resources = document.get("result", document).get("resourceSpans") or []
     spans: list[Span] = []
     for resource_spans in resources:
         resource = {
@@ -280,23 +315,91 @@ def parse_tempo_trace(document: Mapping[str, Any]) -> list[Span]:
         scopes = resource_spans.get("scopeSpans") or resource_spans.get("instrumentationLibrarySpans") or []
         for scope in scopes:
             for raw in scope.get("spans", []):
+                attributes = {kv["key"]: _any_value(kv.get("value", {})) for kv in raw.get("attributes", [])}
+                warnings = tuple(attributes.pop(JAEGER_WARNINGS, None) or ())
+                end_ns = int(raw.get("endTimeUnixNano", 0))
                 spans.append(
                     Span(
                         trace_id=_decode_id(raw.get("traceId")) or "",
                         span_id=_decode_id(raw.get("spanId")) or "",
                         parent_span_id=_decode_id(raw.get("parentSpanId")),
                         name=raw.get("name", ""),
-                        kind=str(raw.get("kind", "")),
+                        kind=_enum_name(raw.get("kind", ""), SPAN_KINDS),
                         start_ns=int(raw.get("startTimeUnixNano", 0)),
-                        end_ns=int(raw.get("endTimeUnixNano", 0)),
-                        attributes={
-                            kv["key"]: _any_value(kv.get("value", {})) for kv in raw.get("attributes", [])
-                        },
-                        status_code=str(raw.get("status", {}).get("code", "STATUS_CODE_UNSET")),
+                        end_ns=_original_end_ns(warnings, end_ns),
+                        attributes=attributes,
+                        status_code=_enum_name(raw.get("status", {}).get("code", 0), STATUS_CODES),
                         resource=resource,
+                        store_warnings=warnings,
                     )
                 )
     return spans
+
+
+#: The span attribute where Jaeger records what it changed on ingestion (jptrace.WarningsAttribute).
+JAEGER_WARNINGS = "@jaeger@warnings"
+#: Jaeger's negative-duration sanitizer gives a span that ends when it starts (a zero duration, such as
+#: a feedback event's) an end 1 ns later, and keeps the original end in a warning:
+#: "... Original end timestamp: 2026-12-07 18:28:53.243931904 +0000 UTC, adjusted to: ...".
+_JAEGER_ORIGINAL_END = re.compile(
+    r"Original end timestamp: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? ([+-])(\d\d)(\d\d) "
+)
+
+
+def _original_end_ns(warnings: tuple[str, ...], end_ns: int) -> int:
+    """The end the span was sent with: Jaeger's recorded original where it adjusted it, else as stored."""
+    for warning in warnings:
+        match = _JAEGER_ORIGINAL_END.search(str(warning))
+        if match:
+            seconds = calendar.timegm(time.strptime(match[1], "%Y-%m-%d %H:%M:%S"))
+            offset = (int(match[4]) * 3600 + int(match[5]) * 60) * (1 if match[3] == "+" else -1)
+            return (seconds - offset) * 1_000_000_000 + int((match[2] or "0").ljust(9, "0"))
+    return end_ns
+
+
+#: OTLP enum names by number (OTLP/JSON may carry either).
+SPAN_KINDS = (
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+)
+STATUS_CODES = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
+
+
+def _enum_name(value: Any, names: tuple[str, ...]) -> str:
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        index = int(value)
+        return names[index] if 0 <= index < len(names) else str(value)
+    return str(value)
+
+
+def parse_vlogs_lines(body: bytes) -> list[LogLine]:
+    """VictoriaLogs ``/select/logsql/query`` answer (one JSON object per line) as log lines."""
+    lines: list[LogLine] = []
+    for raw in body.splitlines():
+        if not raw.strip():
+            continue
+        entry = json.loads(raw)
+        fields = {k: v for k, v in entry.items() if k not in ("_msg", "_time")}
+        lines.append(LogLine(fields, _rfc3339_ns(entry.get("_time", "")), entry.get("_msg", "")))
+    return lines
+
+
+def _rfc3339_ns(value: str) -> int:
+    """``2026-12-07T18:00:00.123456789Z`` as Unix nanoseconds (0 when absent)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", value)
+    if not match:
+        return 0
+    seconds = calendar.timegm(time.strptime(match[1], "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1_000_000_000 + int((match[2] or "0").ljust(9, "0"))
+
+
+def logsql_quote(value: str) -> str:
+    """A LogsQL string literal (double quotes; JSON escapes are accepted)."""
+    return json.dumps(value)
 
 
 # ----------------------------------------------------------------------------- webhook recorder
@@ -484,7 +587,8 @@ class Component:
 
 
 class Stack:
-    """Sidecar + collector + Prometheus + Alertmanager + Loki + Tempo on loopback (a context manager).
+    """Sidecar + collector + Prometheus + Alertmanager + VictoriaLogs + Jaeger on loopback (a context
+    manager).
 
     ``metric_export_interval_ms`` and the span/log delays are the sidecar's (OTEL_* variables);
     the backends run with the repository's configuration unchanged.
@@ -549,7 +653,7 @@ class Stack:
             self.ports["webhook"] = self.webhook.port
             self._define(binaries)
             t0 = time.monotonic()
-            backends = ("loki", "tempo", "prometheus", "alertmanager")
+            backends = ("victorialogs", "jaeger", "prometheus", "alertmanager")
             for name in backends:
                 self.components[name].start()
             for name in backends:
@@ -568,7 +672,7 @@ class Stack:
             raise
 
     def close(self) -> None:
-        """Stop everything: sidecar first (it flushes to the collector), Tempo last-resort SIGKILL."""
+        """Stop everything: sidecar first (it flushes to the collector), then the collector, then the rest."""
         if "sidecar" in self.components:
             self.components["sidecar"].stop()
         if "collector" in self.components:
@@ -618,54 +722,40 @@ class Stack:
         logs = d / "logs"
         logs.mkdir(exist_ok=True)
 
-        loki_env = {
-            **env,
-            "LOKI_BIND_HOST": HOST,
-            "LOKI_HTTP_PORT": str(p["loki_http"]),
-            "LOKI_GRPC_PORT": str(p["loki_grpc"]),
-            "LOKI_DATA_DIR": str(d / "loki"),
-            "LOKI_LOG_LEVEL": "info",
-        }
-        self.components["loki"] = Component(
-            "loki",
+        self.components["victorialogs"] = Component(
+            "victorialogs",
             [
-                binaries["LOKI_BIN"],
-                f"-config.file={REPO / 'loki' / 'config.yaml'}",
-                "-config.expand-env=true",
+                binaries["VICTORIALOGS_BIN"],
+                "-envflag.enable",
+                f"-envflag.prefix={VICTORIALOGS_ENV_PREFIX}",
+                f"-httpListenAddr={HOST}:{p['victorialogs']}",
+                f"-storageDataPath={d / 'victorialogs-data'}",
             ],
-            loki_env,
-            logs / "loki.log",
-            f"{self.loki_url}/ready",
-            ready_timeout=120,
+            {**env, **victorialogs_flags()},
+            logs / "victorialogs.log",
+            f"{self.victorialogs_url}/health",
             stop_grace=15,
         )
-        tempo_env = {
+        jaeger_env = {
             **env,
-            "TEMPO_BIND_HOST": HOST,
-            "TEMPO_HTTP_PORT": str(p["tempo_http"]),
-            "TEMPO_GRPC_PORT": str(p["tempo_grpc"]),
-            "TEMPO_OTLP_GRPC_PORT": str(p["tempo_otlp_grpc"]),
-            "TEMPO_OTLP_HTTP_PORT": str(p["tempo_otlp_http"]),
-            "TEMPO_MEMBERLIST_PORT": str(p["tempo_memberlist"]),
-            "TEMPO_DATA_DIR": str(d / "tempo"),
-            "TEMPO_REMOTE_WRITE_URL": f"{self.prometheus_url}/api/v1/write",
-            "TEMPO_GENERATOR_INTERVAL": "2s",
-            "TEMPO_LOG_LEVEL": "info",
+            "JAEGER_BIND_HOST": HOST,
+            "JAEGER_OTLP_GRPC_PORT": str(p["jaeger_otlp_grpc"]),
+            "JAEGER_OTLP_HTTP_PORT": str(p["jaeger_otlp_http"]),
+            "JAEGER_QUERY_HTTP_PORT": str(p["jaeger_query_http"]),
+            "JAEGER_QUERY_GRPC_PORT": str(p["jaeger_query_grpc"]),
+            "JAEGER_HEALTH_PORT": str(p["jaeger_health"]),
+            "JAEGER_HEALTH_GRPC_PORT": str(p["jaeger_health_grpc"]),
+            "JAEGER_METRICS_PORT": str(p["jaeger_metrics"]),
+            "JAEGER_DATA_DIR": str(d / "jaeger-data"),
+            "JAEGER_LOG_LEVEL": "info",
         }
-        self.components["tempo"] = Component(
-            "tempo",
-            [
-                binaries["TEMPO_BIN"],
-                f"-config.file={REPO / 'tempo' / 'config.yaml'}",
-                "-config.expand-env=true",
-            ],
-            tempo_env,
-            logs / "tempo.log",
-            f"{self.tempo_url}/ready",
-            ready_timeout=120,
-            # Tempo does not finish a SIGTERM shutdown once it has answered a query: 5 s, then SIGKILL
-            # (its WAL makes that safe).
-            stop_grace=5,
+        self.components["jaeger"] = Component(
+            "jaeger",
+            [binaries["JAEGER_BIN"], f"--config={REPO / 'jaeger' / 'config.yaml'}"],
+            jaeger_env,
+            logs / "jaeger.log",
+            f"http://{HOST}:{p['jaeger_health']}/status",
+            stop_grace=15,
         )
         prom_dir = self._write_prometheus_config()
         self.components["prometheus"] = Component(
@@ -708,8 +798,8 @@ class Stack:
             "OTELCOL_TELEMETRY_PORT": str(p["otelcol_telemetry"]),
             "OTELCOL_PPROF_ENDPOINT": f"{HOST}:{p['otelcol_pprof']}",
             "OTELCOL_STORAGE_DIR": str(d / "otelcol-storage"),
-            "TEMPO_OTLP_ENDPOINT": f"{HOST}:{p['tempo_otlp_grpc']}",
-            "LOKI_OTLP_ENDPOINT": f"{self.loki_url}/otlp",
+            "TRACES_OTLP_ENDPOINT": f"{HOST}:{p['jaeger_otlp_grpc']}",
+            "LOGS_OTLP_ENDPOINT": f"{self.victorialogs_url}/insert/opentelemetry",
         }
         self.components["collector"] = Component(
             "collector",
@@ -749,24 +839,34 @@ class Stack:
                 self.components["grafana"] = grafana
 
     def _write_prometheus_config(self) -> Path:
-        """prometheus.yml with only its ``host:port`` targets rewritten; rules and token beside it."""
-        source = (REPO / "prometheus" / "prometheus.yml").read_text("utf-8")
-        found = set(re.findall(r"""["']([A-Za-z0-9_.-]+:\d+)["']""", source))
-        unknown = found - PROMETHEUS_TARGETS.keys()
-        missing = PROMETHEUS_TARGETS.keys() - found
-        if unknown or missing:
-            raise StackError(
-                f"prometheus: prometheus/prometheus.yml targets changed: unknown {sorted(unknown)}, "
-                f"no longer present {sorted(missing)}; update PROMETHEUS_TARGETS in {__file__}"
-            )
-        text = source
-        for target, port_name in PROMETHEUS_TARGETS.items():
-            text = re.sub(
-                rf"""(["']){re.escape(target)}(["'])""", rf"\g<1>{HOST}:{self.ports[port_name]}\g<2>", text
-            )
+        """prometheus.yml and the backend scrape jobs with only their ``host:port`` targets rewritten;
+        rules and token beside them."""
         out = self.dir / "prometheus"
         out.mkdir(exist_ok=True)
-        (out / "prometheus.yml").write_text(text, "utf-8")
+        for source_path, target_path, targets in (
+            (REPO / "prometheus" / "prometheus.yml", out / "prometheus.yml", PROMETHEUS_TARGETS),
+            (
+                REPO / "prometheus" / "scrape" / BACKEND_SCRAPE_FILE,
+                out / "scrape" / "backends.yml",
+                BACKEND_TARGETS,
+            ),
+        ):
+            source = source_path.read_text("utf-8")
+            found = set(re.findall(r"""["']([A-Za-z0-9_.-]+:\d+)["']""", source))
+            unknown = found - targets.keys()
+            missing = targets.keys() - found
+            if unknown or missing:
+                raise StackError(
+                    f"prometheus: {source_path.relative_to(REPO)} targets changed: "
+                    f"unknown {sorted(unknown)}, "
+                    f"no longer present {sorted(missing)}; update the target maps in {__file__}"
+                )
+            text = source
+            for target, port_name in targets.items():
+                address = f"{HOST}:{self.ports[port_name]}"
+                text = re.sub(rf"""(["']){re.escape(target)}(["'])""", rf"\g<1>{address}\g<2>", text)
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            target_path.write_text(text, "utf-8")
         shutil.copytree(REPO / "prometheus" / "rules", out / "rules", dirs_exist_ok=True)
         secrets = out / "secrets"
         secrets.mkdir(exist_ok=True)
@@ -794,15 +894,22 @@ class Stack:
         (prov / "dashboards").mkdir(parents=True, exist_ok=True)
         (prov / "plugins").mkdir(parents=True, exist_ok=True)
         (prov / "alerting").mkdir(parents=True, exist_ok=True)
-        datasources = (REPO / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
+        # The Prometheus and Alertmanager data sources, pointed at the native ports. Loki and Tempo are
+        # not part of this (Apache-2.0) stack: their data sources are left out, so the dashboards' log
+        # panels stay empty; traces are in Jaeger's UI and logs in VictoriaLogs' UI.
+        datasources = yaml.safe_load(
+            (REPO / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
+        )
+        datasources["datasources"] = [
+            ds for ds in datasources["datasources"] if ds.get("type") not in ("loki", "tempo")
+        ]
+        text = yaml.safe_dump(datasources, sort_keys=False)
         for old, new in (
             ("http://prometheus:9090", self.prometheus_url),
-            ("http://loki:3100", self.loki_url),
-            ("http://tempo:3200", self.tempo_url),
             ("http://alertmanager:9093", self.alertmanager_url),
         ):
-            datasources = datasources.replace(old, new)
-        (prov / "datasources" / "datasources.yml").write_text(datasources)
+            text = text.replace(old, new)
+        (prov / "datasources" / "datasources.yml").write_text(text)
         dashboards = (REPO / "grafana" / "provisioning" / "dashboards" / "dashboards.yml").read_text()
         (prov / "dashboards" / "dashboards.yml").write_text(
             dashboards.replace("/etc/grafana/dashboards", str(REPO / "grafana" / "dashboards"))
@@ -844,12 +951,13 @@ class Stack:
         return f"http://{HOST}:{self.ports['alertmanager']}"
 
     @property
-    def loki_url(self) -> str:
-        return f"http://{HOST}:{self.ports['loki_http']}"
+    def victorialogs_url(self) -> str:
+        return f"http://{HOST}:{self.ports['victorialogs']}"
 
     @property
-    def tempo_url(self) -> str:
-        return f"http://{HOST}:{self.ports['tempo_http']}"
+    def jaeger_url(self) -> str:
+        """Jaeger's query service: UI, ``/api/v3`` (OTLP JSON) and ``/api`` (Jaeger JSON)."""
+        return f"http://{HOST}:{self.ports['jaeger_query_http']}"
 
     @property
     def collector_metrics_url(self) -> str:
@@ -869,8 +977,8 @@ class Stack:
             "sidecar (intake, /metrics, dashboard)": self.sidecar_url,
             "Prometheus": self.prometheus_url,
             "Alertmanager": self.alertmanager_url,
-            "Loki": self.loki_url,
-            "Tempo": self.tempo_url,
+            "VictoriaLogs (UI: /select/vmui/, LogsQL: /select/logsql/query)": self.victorialogs_url,
+            "Jaeger (UI, /api/v3/traces/<trace_id>)": self.jaeger_url,
             "collector OTLP/gRPC": self.collector_otlp_grpc,
             "collector OTLP/HTTP": f"http://{HOST}:{self.ports['otelcol_http']}",
             "collector prometheus exporter": self.collector_metrics_url,
@@ -1010,81 +1118,96 @@ class Stack:
         alerts: list[dict[str, Any]] = _get_json(f"{self.alertmanager_url}/api/v2/alerts", "alertmanager")
         return alerts
 
-    # -- Loki ----------------------------------------------------------------------------------
+    # -- VictoriaLogs --------------------------------------------------------------------------
 
-    def loki_query(
-        self, logql: str, *, start: float | None = None, end: float | None = None, limit: int = 5000
-    ) -> list[LogLine]:
-        """``/loki/api/v1/query_range`` over the run (log lines), oldest first."""
-        now = time.time()
-        params = {
-            "query": logql,
-            "start": str(int((start if start is not None else self.started_at - 7200) * 1e9)),
-            "end": str(int((end if end is not None else now + 600) * 1e9)),
-            "limit": str(limit),
-            "direction": "forward",
-        }
-        url = f"{self.loki_url}/loki/api/v1/query_range?{urlencode(params)}"
+    def _vlogs(self, path: str, params: Mapping[str, str]) -> HttpResponse:
+        url = f"{self.victorialogs_url}/select/logsql/{path}"
+        body = urlencode(params).encode()
         try:
-            response = http_request("GET", url, timeout=30)
+            response = http_request(
+                "POST",
+                url,
+                body=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                timeout=30,
+            )
         except OSError as exc:
-            raise StackError(f"loki: cannot reach {url}: {exc}") from exc
+            raise StackError(f"victorialogs: cannot reach {url}: {exc}") from exc
         if response.status != 200:
-            raise StackError(f"loki: {logql} -> HTTP {response.status}: {response.body[:500]!r}")
-        data = response.json()["data"]
-        lines = [
-            LogLine(stream["stream"], int(ts), line)
-            for stream in data["result"]
-            for ts, line in stream["values"]
-        ]
+            raise StackError(
+                f"victorialogs: {path} {dict(params)} -> HTTP {response.status}: {response.body[:500]!r}"
+            )
+        return response
+
+    def logs_query(
+        self, logsql: str, *, start: float | None = None, end: float | None = None, limit: int = 100_000
+    ) -> list[LogLine]:
+        """``/select/logsql/query`` over the run: the matching log entries, oldest first."""
+        params = {
+            "query": logsql,
+            "start": f"{(start if start is not None else self.started_at - 86400):.3f}",
+            "end": f"{(end if end is not None else time.time() + 600):.3f}",
+            "limit": str(limit),
+        }
+        lines = parse_vlogs_lines(self._vlogs("query", params).body)
         lines.sort(key=lambda entry: entry.time_ns)
         return lines
 
-    def loki_instant(self, logql: str) -> list[dict[str, Any]]:
-        """``/loki/api/v1/query``: a metric query (``sum(count_over_time(...))``) evaluated now."""
-        url = f"{self.loki_url}/loki/api/v1/query?{urlencode({'query': logql})}"
+    def logs_stats(self, logsql: str) -> list[dict[str, Any]]:
+        """A ``| stats ...`` query over the run: its result rows (one JSON object each)."""
+        params = {
+            "query": logsql,
+            "start": f"{self.started_at - 86400:.3f}",
+            "end": f"{time.time() + 600:.3f}",
+        }
+        body = self._vlogs("query", params).body
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    def logs_stream_field_names(self) -> list[str]:
+        """The names of the stream fields (VictoriaLogs' index: what Loki calls labels)."""
+        params = {"query": "*", "start": f"{self.started_at - 86400:.3f}", "end": f"{time.time() + 600:.3f}"}
+        values: list[dict[str, Any]] = self._vlogs("stream_field_names", params).json()["values"]
+        return [v["value"] for v in values]
+
+    # -- Jaeger ----------------------------------------------------------------------------------
+
+    def trace(self, trace_id: str) -> list[Span] | None:
+        """The spans of a trace as stored (``raw_traces``: no adjustment), ``None`` while Jaeger does
+        not know it. ``/api/v3/traces/<id>`` answers OTLP JSON."""
+        url = f"{self.jaeger_url}/api/v3/traces/{trace_id}?raw_traces=true"
         try:
             response = http_request("GET", url, timeout=30)
         except OSError as exc:
-            raise StackError(f"loki: cannot reach {url}: {exc}") from exc
-        if response.status != 200:
-            raise StackError(f"loki: {logql} -> HTTP {response.status}: {response.body[:500]!r}")
-        result: list[dict[str, Any]] = response.json()["data"]["result"]
-        return result
-
-    # -- Tempo ---------------------------------------------------------------------------------
-
-    def tempo_trace(self, trace_id: str) -> list[Span] | None:
-        """The spans of a trace (``None`` while Tempo does not know it)."""
-        url = f"{self.tempo_url}/api/traces/{trace_id}"
-        try:
-            response = http_request("GET", url, headers={"Accept": "application/json"}, timeout=30)
-        except OSError as exc:
-            raise StackError(f"tempo: cannot reach {url}: {exc}") from exc
+            raise StackError(f"jaeger: cannot reach {url}: {exc}") from exc
         if response.status == 404:
             return None
         if response.status != 200:
-            raise StackError(f"tempo: trace {trace_id} -> HTTP {response.status}: {response.body[:500]!r}")
-        spans = parse_tempo_trace(response.json())
+            raise StackError(f"jaeger: trace {trace_id} -> HTTP {response.status}: {response.body[:500]!r}")
+        spans = parse_otlp_trace(response.json())
         return spans or None
 
-    def tempo_search(self, traceql: str, *, limit: int = 100) -> list[dict[str, Any]]:
-        """``/api/search`` with a TraceQL query over the run: the matching traces (IDs, root names)."""
+    def trace_search(
+        self, tags: Mapping[str, str], *, service: str = SERVICE_NAME, limit: int = 100
+    ) -> list[str]:
+        """Trace IDs of the traces with a span whose attributes match ``tags``, over the run
+        (``/api/traces?service=...&tags={...}``: the tag search of Jaeger's query service)."""
         params = {
-            "q": traceql,
-            "start": str(int(self.started_at - 7200)),
-            "end": str(int(time.time() + 600)),
+            "service": service,
+            "tags": json.dumps(dict(tags)),
+            "start": str(int((self.started_at - 86400) * 1e6)),
+            "end": str(int((time.time() + 600) * 1e6)),
             "limit": str(limit),
         }
-        url = f"{self.tempo_url}/api/search?{urlencode(params)}"
+        url = f"{self.jaeger_url}/api/traces?{urlencode(params)}"
         try:
             response = http_request("GET", url, timeout=30)
         except OSError as exc:
-            raise StackError(f"tempo: cannot reach {url}: {exc}") from exc
+            raise StackError(f"jaeger: cannot reach {url}: {exc}") from exc
         if response.status != 200:
-            raise StackError(f"tempo: {traceql} -> HTTP {response.status}: {response.body[:500]!r}")
-        traces: list[dict[str, Any]] = response.json().get("traces") or []
-        return traces
+            raise StackError(
+                f"jaeger: search {dict(tags)} -> HTTP {response.status}: {response.body[:500]!r}"
+            )
+        return [str(t["traceID"]).rjust(32, "0") for t in response.json().get("data") or []]
 
 
 def grafana_binary() -> str | None:
@@ -1103,7 +1226,10 @@ Grafana: no grafana-server (or grafana) binary found, so the stack runs without 
   Then put it on PATH or set GRAFANA_BIN=/path/to/bin/grafana (and GRAFANA_HOME if the binary is not in
   <home>/bin). The stack provisions grafana/provisioning/ with the data source URLs pointed at the
   native ports and loads grafana/dashboards/.
-  Without Grafana: Prometheus' UI, Loki and Tempo's HTTP APIs, and `docker compose up` (which has Grafana)."""
+  Grafana, Loki and Tempo are AGPL-3.0: this native stack runs Jaeger (traces) and VictoriaLogs (logs)
+  instead, so a Grafana started here gets the Prometheus and Alertmanager data sources only.
+  Without Grafana: Prometheus' UI and API, Jaeger's UI, VictoriaLogs' UI (/select/vmui/), and
+  `docker compose up` (which runs Grafana with Loki and Tempo)."""
 
 
 def _iter_urls(stack: Stack) -> Iterator[str]:
@@ -1114,11 +1240,23 @@ def _iter_urls(stack: Stack) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.e2e.stack",
-        description="Run the whole otel-service stack natively (no Docker) until Ctrl-C.",
+        prog="python -m tools.stack",
+        description=(
+            "Run the whole otel-service stack natively (no Docker) until Ctrl-C: the sidecar, the "
+            "collector, Prometheus, Alertmanager, Jaeger (traces) and VictoriaLogs (logs), on "
+            "127.0.0.1 only, with the repository's configuration files. Binaries come from "
+            "tools/backends.env (make backends)."
+        ),
     )
-    parser.add_argument("--random-ports", action="store_true", help="do not try the standard ports")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory on exit")
+    parser.add_argument(
+        "--random-ports",
+        action="store_true",
+        help="free ports for everything, not the standard ones (5001, 9090, 9093, 9428, 16686, 4317, ...)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (data and logs) on exit")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="data and logs in this directory (kept) instead of a temp dir"
+    )
     parser.add_argument(
         "--metric-export-interval", type=int, default=10000, help="sidecar OTEL_METRIC_EXPORT_INTERVAL (ms)"
     )
@@ -1130,13 +1268,17 @@ def main(argv: list[str] | None = None) -> int:
     want_grafana = grafana_binary() is not None
     stack = Stack(
         standard_ports=not args.random_ports,
+        workdir=args.dir,
         keep=args.keep,
         metric_export_interval_ms=args.metric_export_interval,
         schedule_delay_ms=1000,
         grafana=want_grafana,
         log=lambda message: print(f"  {message}", flush=True),
     )
-    print("starting loki, tempo, prometheus, alertmanager, collector and the sidecar ...", flush=True)
+    print(
+        "starting VictoriaLogs, Jaeger, Prometheus, Alertmanager, the collector and the sidecar ...",
+        flush=True,
+    )
     try:
         stack.start()
     except StackError as exc:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .stack import Stack, StackError
+from tools.stack import Stack, StackError
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .stack import REPO
+from tools.stack import REPO
 
 README = REPO / "README.md"
 #: Placeholders the runbooks use in queries, and what the tests substitute.
@@ -17,7 +17,7 @@ class Runbook:
     alert: str
     anchor: str
     text: str
-    #: (language, query) of every fenced promql / logql / traceql block line.
+    #: (language, query) of every fenced promql / logql / traceql / logsql block line.
     queries: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -37,7 +37,7 @@ def runbooks(text: str | None = None) -> dict[str, Runbook]:
     parts = re.split(r"^### (Runbook: (\w+))\s*$", section, flags=re.MULTILINE)
     for heading, alert, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
         book = Runbook(alert, github_anchor(heading), body)
-        for language, block in re.findall(r"```(promql|logql|traceql)\n(.*?)```", body, re.DOTALL):
+        for language, block in re.findall(r"```(promql|logql|traceql|logsql)\n(.*?)```", body, re.DOTALL):
             for line in block.splitlines():
                 query = line.strip()
                 if language == "promql":

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import yaml
 
+from tools.stack import REPO
+
 from .readme import headings, runbooks
-from .stack import REPO
 
 
 def _alerts() -> dict[str, str]:

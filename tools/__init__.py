@@ -1,0 +1,1 @@
+"""Repository tools importable from the test suite (``tools.stack``: the native stack runner)."""
