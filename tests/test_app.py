@@ -662,7 +662,7 @@ async def test_expect_100_continue_is_answered_before_the_body(start_app: StartA
 
     def head(expect: str, length: int) -> bytes:
         return (
-            f"POST /track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST /track HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Expect: {expect}\r\nContent-Length: {length}\r\n\r\n"
         ).encode()
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from otel_service.testing import OtlpReceiver
+
 from .conftest import StartApp
 
 #: (path, body, status, error, field): the fuzz campaign's reproducers (issue "Hardening", defect 2).
@@ -131,3 +133,31 @@ def test_the_spool_and_its_sockets_are_the_owners_only(serve, sidecar_env: dict[
         for path in (spool, spool / "export.sock", spool / "intake.sock")
     }
     assert modes == {"spool": 0o700, "export.sock": 0o600, "intake.sock": 0o600}
+
+
+async def test_the_largest_valid_token_counts_do_not_wedge_metric_export(
+    receiver: OtlpReceiver, start_app: StartApp
+) -> None:
+    """Token counts up to 2^63-1 are valid: their sums must still encode, so every push succeeds."""
+    app = await start_app(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint, OTEL_METRIC_EXPORT_INTERVAL="3600000"
+    )
+    most = 2**63 - 1
+    event = {
+        "kind": "llm_call",
+        "model": "gpt-4o",
+        "duration_ms": 5,
+        "input_tokens": most,
+        "output_tokens": most,
+    }
+    for _ in range(2):
+        assert (await app.client.post("/v1/events", json=event)).status == 202
+    assert app.caught_up()
+    reader = app.runner.parts.metrics.reader
+    assert reader.push(timeout=5)
+    assert reader.push_failures == 0
+    assert receiver.metric_total("ai_tokens_used") == pytest.approx(4 * most)
+    assert app.runner.parts.worker.save_cursor() is None
+    assert (
+        app.runner.parts.worker._reader.cursor.committed == app.runner.parts.worker._reader.cursor.delivered
+    )

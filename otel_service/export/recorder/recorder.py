@@ -152,7 +152,9 @@ class Recorder:
             m.message_length.record_key(plan.message_assistant, e.response_length)
         sums.add_event(plan.per_event)
         if total:
-            sums.add(plan.tokens, total)
+            # As a double, as the SDK's own sums are: valid counts (up to 2^63-1 each) can add up
+            # beyond int64, which OTLP cannot encode (one such push would fail for good).
+            sums.add(plan.tokens, float(total))
         if cost_usd is None:
             sums.add(plan.unpriced, 1)
             return
