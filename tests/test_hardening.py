@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -161,3 +162,43 @@ async def test_the_largest_valid_token_counts_do_not_wedge_metric_export(
     assert (
         app.runner.parts.worker._reader.cursor.committed == app.runner.parts.worker._reader.cursor.delivered
     )
+
+
+async def test_an_ndjson_body_of_blank_lines_is_a_counted_empty_batch(start_app: StartApp) -> None:
+    """Blank lines only: 400 empty_batch naming the body, counted (was a 400 without error or count)."""
+    app = await start_app()
+    response = await app.client.post(
+        "/v1/events", data=b"\n \r\n\n", headers={"Content-Type": "application/x-ndjson"}
+    )
+    answer = await response.json()
+    assert (response.status, answer["error"], answer["field"]) == (400, "empty_batch", "$")
+    detail = await (await app.client.get("/health/detailed")).json()
+    assert detail["events"]["rejected"] == {"empty_batch": 1}
+
+
+def _raw(port: int, data: bytes) -> tuple[int, dict[str, object], bytes]:
+    """Send ``data`` as is; the answer's status, JSON body and raw head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body), head
+
+
+def test_requests_aiohttp_cannot_parse_get_counted_json_answers(serve) -> None:  # type: ignore[no-untyped-def]
+    """A bad request line or an over-long header: JSON 400, counted, one log line (not a traceback each)."""
+    sidecar = serve(OTELSVC_INTAKE_PROCESSES="1")
+    bad = [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n"] * 3
+    for data in bad:
+        status, answer, head = _raw(sidecar.port, data)
+        assert (status, answer["error"], answer["field"]) == (400, "malformed_http_request", "$request")
+        assert b"application/json" in head
+    detail = json.loads(sidecar.get("/health/detailed"))
+    assert detail["events"]["rejected"] == {"malformed_http_request": 6}
+    sidecar.process.terminate()
+    _, err = sidecar.process.communicate(timeout=60)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    assert [line["count"] for line in lines if line["event"] == "http_requests_refused"] == [1]
+    assert [line for line in lines if line["event"] == "library_log" and "exception" in line] == []

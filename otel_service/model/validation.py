@@ -151,6 +151,8 @@ def _items(body: bytes, ndjson: bool, limits: Limits) -> Iterator[tuple[int, str
     if ndjson:
         # Split on \n only: U+2028 and friends are legal inside JSON strings.
         lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+        if not lines:
+            raise InvalidEvent("empty batch: no NDJSON line holds an event", field="$", reason="empty_batch")
         if len(lines) > limits.max_items:
             raise InvalidEvent(
                 f"{len(lines)} items exceed the limit of {limits.max_items}",

@@ -16,7 +16,7 @@ from .._version import __version__
 from ..config import Settings, SettingsError
 from ..intake.accept import IntakeStats
 from ..intake.handlers import Service, intake_handler, intake_routes
-from ..intake.server import create_status_handler
+from ..intake.server import JsonServer, create_status_handler
 from ..intake.status import Status, status_routes
 from ..spool import SpoolLocked, SpoolWriter
 from ..spool.commit import sync_every
@@ -63,7 +63,7 @@ class App:
 
     def server(self) -> web.Server:
         """An aiohttp low-level server for ``handle``."""
-        return web.Server(self.handle, access_log=None, **SERVER_OPTIONS)
+        return JsonServer(self.handle, stats=self.service.intake.stats, access_log=None, **SERVER_OPTIONS)
 
     async def start(self) -> None:
         """Start the export side, copying spool shards into the main spool (and, with

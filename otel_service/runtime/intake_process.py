@@ -21,6 +21,7 @@ from .._version import __version__
 from ..config import Settings
 from ..intake.accept import IntakeStats
 from ..intake.handlers import intake_handler, intake_routes
+from ..intake.server import JsonServer
 from ..intake.status import Forwarder
 from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..spool.shards import publish, read_published, shard_dir
@@ -73,7 +74,8 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
         publish(writer.directory, {"pid": os.getpid(), "stats": stats.dump(), "durations": durations})
 
     runner = web.ServerRunner(
-        web.Server(handler, access_log=None, **SERVER_OPTIONS), shutdown_timeout=settings.shutdown_timeout
+        JsonServer(handler, stats=stats, access_log=None, **SERVER_OPTIONS),
+        shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()
     syncing = asyncio.create_task(sync_every(writer, 0.1)) if settings.spool_fsync == "interval" else None
