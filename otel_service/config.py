@@ -260,7 +260,8 @@ class Settings:
     spool_max_bytes: int = _setting(
         "OTELSVC_SPOOL_MAX_BYTES",
         1 << 30,
-        "spool size bound; at it intake answers 503",
+        "bound on undelivered spool bytes; at it intake answers 503 (delivered events wait on disk for "
+        "the next metric push, up to twice this in all)",
         parse=_integer(1 << 16),
         shown="1073741824",
     )

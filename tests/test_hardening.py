@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_service.spool import stats
 from otel_service.testing import OtlpReceiver
 
 from .conftest import StartApp
@@ -202,3 +203,31 @@ def test_requests_aiohttp_cannot_parse_get_counted_json_answers(serve) -> None: 
     lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     assert [line["count"] for line in lines if line["event"] == "http_requests_refused"] == [1]
     assert [line for line in lines if line["event"] == "library_log" and "exception" in line] == []
+
+
+async def test_the_spool_bound_counts_what_is_undelivered(
+    receiver: OtlpReceiver, start_app: StartApp
+) -> None:
+    """Delivered events awaiting the next metric push do not count against the bound; the disk ceiling
+    (2x the bound) still stops a spool whose metric pushes never come."""
+    bound = 65536
+    app = await start_app(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint,
+        OTEL_METRIC_EXPORT_INTERVAL="3600000",  # no push during the test: delivered bytes stay on disk
+        OTELSVC_SPOOL_MAX_BYTES=str(bound),
+    )
+    event = {"kind": "llm_call", "model": "m", "duration_ms": 1, "conversation_id": "c" * 200}
+    retained = []
+    for _ in range(80):  # each batch delivered before the next
+        response = await app.client.post("/v1/events", json=[event] * 10)
+        if response.status == 503:
+            break
+        assert response.status == 202
+        assert app.caught_up()
+        retained.append(stats(app.settings.spool_dir).bytes)
+        await asyncio.sleep(0.26)  # past the 250 ms for which intake reuses its spool measurement
+    else:
+        raise AssertionError("the disk ceiling never refused")
+    batch = retained[0]
+    assert retained[-1] >= 2 * bound - 2 * batch  # refused at the ceiling, not at the bound
+    assert (await response.json())["error"] == "spool_full"

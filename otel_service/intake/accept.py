@@ -18,12 +18,15 @@ from ..model.context import RequestContext, new_span_id
 from ..model.errors import Unavailable
 from ..model.events import KIND_OF, Event
 from ..model.validation import event_seconds
-from ..spool import SpoolWriter, first_pending, stats
+from ..spool import SpoolWriter, first_pending, stats, undelivered
 from ..spool.record import Envelope, decode_envelope, encode_envelope
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 
 _STAT_TTL = 0.25
+#: What the spool may hold on disk, as a multiple of its bound on undelivered bytes: events already
+#: delivered stay until a metric push covers them, so a failing metric push fills the disk only so far.
+RETAINED_FACTOR = 2
 _ENDPOINTS = {"track": "/track", "events": "/v1/events"}
 
 
@@ -120,14 +123,16 @@ class Intake:
         self._max_age = max_spool_age
         self._oldest_age = 0.0
         self.stats = stats_ or IntakeStats()
-        self._spool_bytes = 0
+        #: Bytes not delivered yet (the bound), and all the spools hold (at most RETAINED_FACTOR x).
+        self._undelivered = 0
+        self._retained = 0
         self._checked = 0.0
         self.closed = False
 
-    def spool_bytes(self) -> int:
-        """Bytes the spool holds (re-measured at most every 250 ms; appends counted meanwhile)."""
+    def undelivered_bytes(self) -> int:
+        """Bytes not delivered yet (re-measured at most every 250 ms; appends counted meanwhile)."""
         self._refresh()
-        return self._spool_bytes
+        return self._undelivered
 
     def oldest_age(self) -> float:
         """Seconds the oldest undelivered event has waited (re-measured at most every 250 ms)."""
@@ -139,9 +144,10 @@ class Intake:
         if now - self._checked <= _STAT_TTL:
             return
         self._checked = now
-        self._spool_bytes = sum(stats(directory).bytes for directory in self._spools)
+        self._undelivered = sum(undelivered(directory) for directory in self._spools)
+        self._retained = sum(stats(directory).bytes for directory in self._spools)
         self._oldest_age = 0.0
-        if self._max_age and self._spool_bytes:
+        if self._max_age and self._undelivered:
             first = first_pending(self._spools[0])
             if first is not None:
                 try:
@@ -152,7 +158,10 @@ class Intake:
 
     @property
     def fill_ratio(self) -> float:
-        return self.spool_bytes() / self._max_bytes
+        """How full the spool is: undelivered bytes against the bound, or what it retains on disk
+        against its ceiling, whichever is fuller."""
+        undelivered = self.undelivered_bytes()
+        return max(undelivered / self._max_bytes, self._retained / (RETAINED_FACTOR * self._max_bytes))
 
     def accept(
         self, items: Sequence[tuple[int, Event]], *, source: str, request: RequestContext
@@ -160,7 +169,7 @@ class Intake:
         """Spool ``items`` (index, event); raise ``Unavailable`` when closed or at the bound."""
         if self.closed:
             raise Unavailable("shutting down", reason="shutting_down", retry_after=5)
-        if self.spool_bytes() >= self._max_bytes:
+        if self.fill_ratio >= 1:
             raise Unavailable("the export spool is full; retry later", reason="spool_full", retry_after=10)
         if self._max_age and self._oldest_age >= self._max_age:
             raise Unavailable(
@@ -198,7 +207,9 @@ class Intake:
             accepted.append(Accepted(index, correlation_id, trace_id, span_id))
         if payloads:
             try:
-                self._spool_bytes += self._writer.append(payloads)
+                written = self._writer.append(payloads)
+                self._undelivered += written
+                self._retained += written
             except OSError as exc:
                 raise Unavailable(
                     f"cannot write the export spool: {exc.strerror}",

@@ -26,6 +26,7 @@ from .directory import (
     end_position,
     first_pending,
     stats,
+    undelivered,
     writer_active,
 )
 from .frame import MAX_RECORD_BYTES
@@ -52,5 +53,6 @@ __all__ = [
     "read_cursor",
     "stats",
     "sync_every",
+    "undelivered",
     "writer_active",
 ]

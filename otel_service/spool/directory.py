@@ -28,6 +28,7 @@ __all__ = [
     "segment_name",
     "segment_numbers",
     "stats",
+    "undelivered",
     "writer_active",
 ]
 
@@ -123,9 +124,9 @@ def count_records(directory: Path, start: Position) -> tuple[int, Position]:
 
 
 def first_pending(directory: Path) -> bytes | None:
-    """The first record after the committed cursor (its payload), if any is whole on disk."""
+    """The first record not delivered yet (its payload), if any is whole on disk."""
     cursor = read_cursor(directory)
-    for number, offset in pending_segments(directory, cursor.committed if cursor else Position(0, 0)):
+    for number, offset in pending_segments(directory, cursor.delivered if cursor else Position(0, 0)):
         try:
             with open(directory / segment_name(number), "rb") as handle:
                 handle.seek(offset)
@@ -142,22 +143,33 @@ def first_pending(directory: Path) -> bytes | None:
     return None
 
 
-def stats(directory: Path) -> SpoolStats:
-    """What the spool holds that is not yet delivered: bytes after the committed cursor."""
-    found = read_cursor(directory)
-    cursor = found.committed if found else Position(0, 0)
+def _after(directory: Path, start: Position) -> SpoolStats:
+    """The segments and bytes the spool holds from ``start`` on."""
     total = 0
     count = 0
     for number in segment_numbers(directory):
-        if number < cursor.segment:
+        if number < start.segment:
             continue
         try:
             st = os.stat(directory / segment_name(number))
         except FileNotFoundError:
             continue
-        pending = st.st_size - (cursor.offset if number == cursor.segment else 0)
+        pending = st.st_size - (start.offset if number == start.segment else 0)
         if pending <= 0:
             continue
         total += pending
         count += 1
     return SpoolStats(count, total)
+
+
+def stats(directory: Path) -> SpoolStats:
+    """What the spool holds on disk: bytes after the committed cursor (not yet delivered, or delivered
+    but not yet covered by a metric push)."""
+    found = read_cursor(directory)
+    return _after(directory, found.committed if found else Position(0, 0))
+
+
+def undelivered(directory: Path) -> int:
+    """Bytes whose spans and logs are not delivered yet: after the cursor's ``delivered`` position."""
+    found = read_cursor(directory)
+    return _after(directory, found.delivered if found else Position(0, 0)).bytes
