@@ -7,10 +7,14 @@ import json
 import os
 import socket
 import stat
+import time
+import urllib.error
 from pathlib import Path
 
+import psutil
 import pytest
 
+import otel_service
 from otel_service.spool import stats
 from otel_service.testing import OtlpReceiver
 
@@ -231,3 +235,62 @@ async def test_the_spool_bound_counts_what_is_undelivered(
     batch = retained[0]
     assert retained[-1] >= 2 * bound - 2 * batch  # refused at the ceiling, not at the bound
     assert (await response.json())["error"] == "spool_full"
+
+
+def _export_process(sidecar) -> psutil.Process:  # type: ignore[no-untyped-def]
+    """The sidecar's export process (with one intake process: its only spawned child but the tracker)."""
+    children = psutil.Process(sidecar.process.pid).children()
+    [export] = [p for p in children if "spawn_main" in " ".join(p.cmdline())]
+    return export
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_killed_export_process_is_restarted_and_nothing_is_lost(serve, receiver: OtlpReceiver) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of the export process: /metrics and /health keep answering, it is restarted, counted,
+    and every acknowledged event is delivered."""
+    sidecar = serve(
+        OTELSVC_INTAKE_PROCESSES="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+    )
+    event = {"kind": "llm_call", "model": "m", "duration_ms": 1}
+    assert sidecar.post("/v1/events", [event] * 10)[0] == 202
+    victim = _export_process(sidecar)
+    victim.kill()
+    victim.wait(10)
+    assert b"otel_service" in sidecar.get("/metrics")  # the intake's own metrics still answer
+    assert json.loads(sidecar.get("/health"))["status"] == "healthy"
+    assert sidecar.post("/v1/events", [event] * 10)[0] == 202
+    _wait(lambda: json.loads(sidecar.get("/health/detailed"))["export"].get("restarts") == 1)
+    assert _export_process(sidecar).pid != victim.pid
+    assert receiver.wait_for_spans(20)
+    sidecar.process.terminate()
+    _, err = sidecar.process.communicate(timeout=60)
+    events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.strip()]
+    assert ("export_process_exited" in events, "export_process_restarted" in events) == (True, True)
+
+
+def test_liveness_fails_when_the_export_process_cannot_be_started_again(  # type: ignore[no-untyped-def]
+    serve, tmp_path: Path
+) -> None:
+    """The export process dies and every restart fails (its price table is gone): /health answers 503."""
+    prices = tmp_path / "prices.json"
+    prices.write_bytes((Path(otel_service.__file__).parent / "model" / "prices.json").read_bytes())
+    sidecar = serve(OTELSVC_INTAKE_PROCESSES="1", OTELSVC_PRICE_TABLE=str(prices))
+    prices.unlink()
+    _export_process(sidecar).kill()
+
+    def unhealthy() -> bool:
+        try:
+            sidecar.get("/health")
+        except urllib.error.HTTPError as exc:
+            return exc.code == 503
+        return False
+
+    _wait(unhealthy, timeout=60)

@@ -11,7 +11,6 @@ from typing import Any
 
 from aiohttp import web
 
-from .._version import __version__
 from ..config import Settings
 from ..model.context import RequestContext
 from ..model.errors import Unavailable
@@ -134,11 +133,6 @@ async def events(service: Service, request: web.BaseRequest) -> web.Response:
     )
 
 
-async def health(service: Service, request: web.BaseRequest) -> web.Response:
-    """Liveness: the process answers."""
-    return json_response({"status": "healthy", "version": __version__})
-
-
 async def openapi(service: Service, request: web.BaseRequest) -> web.Response:
     return json_response(openapi_document())
 
@@ -153,7 +147,6 @@ def intake_routes(service: Service) -> Routes:
     table = {
         "/track": ("POST", track),
         "/v1/events": ("POST", events),
-        "/health": ("GET", health),
         "/openapi.json": ("GET", openapi),
         "/": ("GET", dashboard),
     }

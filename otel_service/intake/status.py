@@ -1,4 +1,4 @@
-"""The status endpoints: ``/metrics``, ``/ready`` and ``/health/detailed``.
+"""The status endpoints: ``/metrics``, ``/health``, ``/ready`` and ``/health/detailed``.
 
 They read the whole sidecar's state, so the first intake process answers them; the others forward them
 to it over a unix socket (``Forwarder``). What they need of the export side is ``ExportView``.
@@ -32,13 +32,17 @@ _FORWARD_TIMEOUT = 10.0
 #: /ready turns not-ready at this spool fill ratio, before intake refuses at 1.0.
 READY_FILL_RATIO = 0.8
 #: The endpoints that read the service's state; intake processes other than the first forward them.
-STATUS_PATHS = ("/metrics", "/ready", "/health/detailed")
+STATUS_PATHS = ("/metrics", "/health", "/ready", "/health/detailed")
 
 
 class ExportView(Protocol):
     """What the status endpoints read from the export side (in this process or another)."""
 
     def alive(self) -> bool: ...
+
+    def failed(self) -> bool:
+        """It is down and cannot be brought back (liveness fails)."""
+        ...
 
     async def metrics_text(self) -> bytes: ...
 
@@ -72,6 +76,14 @@ async def metrics(status: Status, request: web.BaseRequest) -> web.Response:
     return web.Response(
         body=exported + own, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
     )
+
+
+async def health(status: Status, request: web.BaseRequest) -> web.Response:
+    """Liveness: the sidecar answers, and its export side runs or is being restarted."""
+    if status.export.failed():
+        body = {"status": "unhealthy", "version": __version__, "problems": ["export process cannot start"]}
+        return json_response(body, status=503)
+    return json_response({"status": "healthy", "version": __version__})
 
 
 async def ready(status: Status, request: web.BaseRequest) -> web.Response:
@@ -171,6 +183,6 @@ class Forwarder:
 
 def status_routes(status: Status) -> Routes:
     """The ``STATUS_PATHS`` endpoints, bound to ``status``."""
-    handlers = (metrics, ready, health_detailed)
+    handlers = (metrics, health, ready, health_detailed)
     pairs = zip(STATUS_PATHS, handlers, strict=True)
     return {path: {"GET": partial(handler, status)} for path, handler in pairs}

@@ -28,7 +28,8 @@ from ..telemetry.providers import (
     new_instance_id,
     shutdown_quietly,
 )
-from .export_host import ExportRunner, ProcessRunner, ThreadRunner, wire_export
+from .export_host import ExportRunner, ThreadRunner, wire_export
+from .export_process import ProcessRunner
 from .intake_group import IntakeGroup
 from .loop import SERVER_OPTIONS, CannotListen, listen, new_event_loop
 from .wiring import wire_intake
@@ -57,6 +58,7 @@ class App:
         self._writer = writer
         self._metrics = metrics
         self._fsync_loop: asyncio.Task[None] | None = None
+        self._supervising: asyncio.Task[None] | None = None
         self.handle = intake_handler(service, {**intake_routes(service), **status_routes(status)})
         #: What the other intake processes reach over the unix socket: the status endpoints.
         self.handle_status = create_status_handler(status_routes(status))
@@ -69,6 +71,7 @@ class App:
         """Start the export side, copying spool shards into the main spool (and, with
         ``OTELSVC_SPOOL_FSYNC=interval``, the fsync timer)."""
         self.runner.start()
+        self._supervising = asyncio.create_task(self.runner.supervise())
         self.group.start_merging()
         if self.settings.spool_fsync == "interval":
             self._fsync_loop = asyncio.create_task(sync_every(self._writer, 0.1))
@@ -84,6 +87,10 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._fsync_loop
         self._writer.close()
+        if self._supervising is not None:
+            self._supervising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervising
         timeout = self.settings.shutdown_timeout
         await asyncio.gather(
             self.runner.stop(timeout),
