@@ -212,8 +212,7 @@ def test_requests_aiohttp_cannot_parse_get_counted_json_answers(serve) -> None: 
 async def test_the_spool_bound_counts_what_is_undelivered(
     receiver: OtlpReceiver, start_app: StartApp
 ) -> None:
-    """Delivered events awaiting the next metric push do not count against the bound; the disk ceiling
-    (2x the bound) still stops a spool whose metric pushes never come."""
+    """Events awaiting only a metric push do not count against the bound; the disk ceiling is twice it."""
     bound = 65536
     app = await start_app(
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint,
@@ -252,8 +251,7 @@ def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-
 
 
 def test_a_killed_export_process_is_restarted_and_nothing_is_lost(serve, receiver: OtlpReceiver) -> None:  # type: ignore[no-untyped-def]
-    """kill -9 of the export process: /metrics and /health keep answering, it is restarted, counted,
-    and every acknowledged event is delivered."""
+    """kill -9 of the export process: /metrics and /health answer, it is restarted, nothing is lost."""
     sidecar = serve(
         OTELSVC_INTAKE_PROCESSES="1",
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
