@@ -292,3 +292,27 @@ def test_liveness_fails_when_the_export_process_cannot_be_started_again(  # type
         return False
 
     _wait(unhealthy, timeout=60)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_resends_after_an_export_timeout_are_counted_as_possible_duplicates(
+    receiver: OtlpReceiver, start_app: StartApp, protocol: str
+) -> None:
+    """A collector slower than the OTLP timeout takes a batch twice: every extra copy is counted."""
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+    app = await start_app(
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        OTEL_EXPORTER_OTLP_TIMEOUT="300",
+    )
+    receiver.delay = 0.6  # it stores each request, then answers after the client gave up
+    event = {"kind": "llm_call", "model": "m", "duration_ms": 1}
+    assert (await app.client.post("/v1/events", json=[event] * 5)).status == 202
+    await asyncio.sleep(1.0)
+    receiver.delay = 0.0
+    assert app.caught_up(20)
+    await asyncio.sleep(0.7)  # the last slow request lands
+    extra = receiver.counts["traces"] + receiver.counts["logs"] - 10
+    assert extra > 0
+    status = app.runner.parts.worker.status
+    assert status.duplicates >= extra

@@ -117,7 +117,8 @@ class Observer:
         self._m.replayed.add(count)
 
     def duplicates(self, signal: str, count: int) -> None:
-        """``count`` records go out again after a restart (``signal``: metrics, or traces_and_logs)."""
+        """``count`` items may reach the collector twice: records replayed after a restart (``signal``:
+        metrics, or traces_and_logs), or spans or log records sent again after a timeout (traces, logs)."""
         if signal == "metrics":
             self.status.metric_duplicates += count
         else:
@@ -147,6 +148,9 @@ class RetryingSender:
         observer = self._observer
         backoff = _BACKOFF_START
         remaining = dict(payloads)
+        #: Signals an earlier attempt may have delivered (timed out after sending): sent again, their
+        #: items are possible duplicates.
+        maybe_sent: set[str] = set()
         while remaining:
             for signal in list(remaining):
                 observer.attempt()
@@ -154,7 +158,11 @@ class RetryingSender:
                 if result.ok:
                     del remaining[signal]
                     observer.delivered(signal, counts[signal], result.rejected)
+                    if signal in maybe_sent:
+                        observer.duplicates(signal, counts[signal])
                     continue
+                if result.maybe_delivered:
+                    maybe_sent.add(signal)
                 observer.failed(signal, counts[signal], result.error)
                 if not result.retry:
                     del remaining[signal]

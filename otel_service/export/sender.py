@@ -29,18 +29,27 @@ _RETRYABLE_GRPC = {
     grpc.StatusCode.DATA_LOSS,
 }
 _RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+#: gRPC outcomes after which the receiver may have taken the request all the same.
+_MAYBE_DELIVERED_GRPC = {
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """``ok``: delivered (``rejected`` items refused by the receiver as a partial success).
-    ``retry``: try again, after ``retry_after`` seconds if the receiver said so."""
+    ``retry``: try again, after ``retry_after`` seconds if the receiver said so. ``maybe_delivered``:
+    the request may have reached the receiver although no answer came (a timeout after sending): a
+    retry may then deliver it twice."""
 
     ok: bool
     retry: bool = False
     retry_after: float | None = None
     rejected: int = 0
     error: str = ""
+    maybe_delivered: bool = False
 
 
 class Sender(Protocol):
@@ -79,7 +88,10 @@ class HttpSender:
                 f"{self._endpoint}/v1/{signal}", data=payload, timeout=self._timeout
             )
         except requests.RequestException as exc:
-            return SendResult(False, retry=True, error=f"{type(exc).__name__}: {exc}")
+            # Refused or unreachable before sending: not delivered; anything else (a read timeout, a
+            # connection dropped while waiting for the answer) may have been.
+            sent = not isinstance(exc, requests.ConnectionError) or "Connection aborted" in str(exc)
+            return SendResult(False, retry=True, error=f"{type(exc).__name__}: {exc}", maybe_delivered=sent)
         if response.ok:
             rejected = 0
             if response.content:
@@ -139,7 +151,8 @@ class GrpcSender:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             retry = code in _RETRYABLE_GRPC
-            return SendResult(False, retry=retry, error=f"gRPC {code.name}")
+            maybe = code in _MAYBE_DELIVERED_GRPC
+            return SendResult(False, retry=retry, error=f"gRPC {code.name}", maybe_delivered=maybe)
         return SendResult(True, rejected=_rejected(answer))
 
     def close(self) -> None:
