@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from otel_service.export.delivery import JITTER, ExportStatus, Observer, RetryingSender
+from otel_service.export.delivery import (
+    JITTER,
+    PRESSING_BACKOFF_MAX,
+    ExportStatus,
+    Observer,
+    RetryingSender,
+)
 from otel_service.export.sender import SendResult
 from otel_service.telemetry.instruments import WorkerInstruments
 from otel_service.telemetry.providers import Metrics, create_metrics, create_resource, shutdown_quietly
@@ -73,4 +79,13 @@ def test_the_stop_deadline_ends_the_retries(observer: Observer) -> None:
 def test_backoff_waits_are_jittered_within_bounds(observer: Observer, draw: float, factor: float) -> None:
     """Each backoff is drawn within ±JITTER of its nominal value (Retry-After is taken as sent)."""
     retrying = RetryingSender(ScriptedSender(), observer, lambda: False, random=lambda: draw)
-    assert retrying._jittered(2.0) == pytest.approx(2.0 * factor)
+    assert retrying._backoff_wait(2.0) == pytest.approx(2.0 * factor)
+
+
+@pytest.mark.parametrize("pressing", [False, True])
+def test_a_backlog_near_its_bound_shortens_the_backoff(observer: Observer, pressing: bool) -> None:
+    """While intake refuses (or is about to), retries probe every PRESSING_BACKOFF_MAX seconds at most."""
+    retrying = RetryingSender(
+        ScriptedSender(), observer, lambda: False, pressing=lambda: pressing, random=lambda: 0.5
+    )
+    assert retrying._backoff_wait(30.0) == (PRESSING_BACKOFF_MAX if pressing else 30.0)

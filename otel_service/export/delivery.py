@@ -29,6 +29,9 @@ __all__ = ["Batch", "DeliveryThread", "ExportStatus", "Observer", "RetryingSende
 _QUEUE_WAIT = 0.05
 _BACKOFF_START = 0.25
 _BACKOFF_MAX = 30.0
+#: The longest backoff while the backlog is near its bound (intake refusing, or about to): the
+#: collector's return is noticed within seconds, not half a minute.
+PRESSING_BACKOFF_MAX = 2.0
 #: Each backoff wait is drawn within ±this share of its nominal value, so that many sidecars do not
 #: retry in step after a collector restart (the collector's own retry sender does the same).
 JITTER = 0.2
@@ -135,11 +138,13 @@ class RetryingSender:
         observer: Observer,
         past_deadline: Callable[[], bool],
         *,
+        pressing: Callable[[], bool] = lambda: False,
         random: Callable[[], float] = _random.random,
     ) -> None:
         self._next = next
         self._observer = observer
         self._past_deadline = past_deadline
+        self._pressing = pressing
         self._random = random
 
     def send(self, payloads: dict[str, bytes], counts: dict[str, int]) -> bool:
@@ -168,7 +173,7 @@ class RetryingSender:
                     del remaining[signal]
                     observer.dropped(signal, "rejected_permanently", counts[signal])
                     continue
-                wait = result.retry_after if result.retry_after is not None else self._jittered(backoff)
+                wait = result.retry_after if result.retry_after is not None else self._backoff_wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 observer.retrying(signal)
                 if not self._sleep(wait):
@@ -176,8 +181,11 @@ class RetryingSender:
         observer.idle()
         return True
 
-    def _jittered(self, backoff: float) -> float:
-        """``backoff`` within ±``JITTER`` (a receiver's ``Retry-After`` is honoured as it is)."""
+    def _backoff_wait(self, backoff: float) -> float:
+        """``backoff`` (at most ``PRESSING_BACKOFF_MAX`` while the backlog is near its bound), within
+        ±``JITTER``. A receiver's ``Retry-After`` is honoured as it is instead."""
+        if self._pressing():
+            backoff = min(backoff, PRESSING_BACKOFF_MAX)
         return backoff * (1 + JITTER * (2 * self._random() - 1))
 
     def _sleep(self, seconds: float) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,9 @@ class ExportWorker:
         linger: float = 0.0,
         metrics_pushed: bool = False,
         metrics_lock: threading.RLock | None = None,
+        pressing: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``pressing``: whether the backlog is near its bound (retries then probe sooner)."""
         self._reader = reader
         self._recorder = recorder
         self._resource = resource
@@ -96,7 +99,7 @@ class ExportWorker:
             None
             if sender is None
             else DeliveryThread(
-                RetryingSender(sender, self._observer, self._past_deadline),
+                RetryingSender(sender, self._observer, self._past_deadline, pressing=pressing),
                 self._delivered,
                 stopping=self._stop,
                 past_deadline=self._past_deadline,

@@ -22,9 +22,9 @@ from ..export import otlp
 from ..export.recorder import Recorder
 from ..export.sender import Sender, create_sender
 from ..export.worker import ExportWorker
-from ..intake.status import ExportView
+from ..intake.status import READY_FILL_RATIO, ExportView
 from ..model.pricing import load_price_table
-from ..spool import SpoolReader, stats
+from ..spool import SpoolReader, stats, undelivered
 from ..telemetry.instruments import WorkerInstruments, register_observables
 from ..telemetry.logs import create_event_logger
 from ..telemetry.providers import Metrics, create_metrics, shutdown_quietly
@@ -80,6 +80,7 @@ def wire_export(
         linger=settings.export_delay,
         metrics_pushed=settings.otlp_endpoint is not None,
         metrics_lock=metrics.histograms.lock,
+        pressing=lambda: undelivered(settings.spool_dir) >= READY_FILL_RATIO * settings.spool_max_bytes,
     )
     metrics.reader.bind_checkpoints(
         worker.metrics_lock, worker.metrics_checkpoint, worker.metrics_exporting, worker.metrics_exported
