@@ -18,8 +18,7 @@ from ..intake.accept import IntakeStats
 from ..intake.handlers import Service, intake_handler, intake_routes
 from ..intake.server import JsonServer, create_status_handler
 from ..intake.status import Status, status_routes
-from ..spool import SpoolLocked, SpoolWriter
-from ..spool.commit import sync_every
+from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from ..telemetry.providers import (
     Metrics,
@@ -126,12 +125,12 @@ async def serve(app: App, stop: asyncio.Event) -> None:
     stop listening (every intake process), let requests in progress finish (within the shutdown
     timeout), stop the app."""
     settings = app.settings
-    runner = web.ServerRunner(app.server(), shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()
+    server = web.ServerRunner(app.server(), shutdown_timeout=settings.shutdown_timeout)
+    await server.setup()
     await app.start()
     try:
         await app.group.wait_for_predecessors(settings.shutdown_timeout + 2)
-        port = await listen(runner, settings.host, settings.port, shared=len(app.group) > 0)
+        port = await listen(server, settings.host, settings.port, shared=len(app.group) > 0)
         await app.group.start(port, app.handle_status)
         diagnostics().info(
             "listening",
@@ -141,7 +140,7 @@ async def serve(app: App, stop: asyncio.Event) -> None:
         )
         await stop.wait()
     finally:
-        await asyncio.gather(runner.cleanup(), app.group.stop(settings.shutdown_timeout))
+        await asyncio.gather(server.cleanup(), app.group.stop(settings.shutdown_timeout))
         await app.stop()
 
 
