@@ -2,21 +2,27 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two installs: what running needs (`make run`), and the dev tools on top (everything else).
+RUNTIME := $(VENV)/.installed-runtime
+STAMP   := $(VENV)/.installed-dev
 export OTEL_SERVICE_CACHE ?= $(HOME)/.cache/otel-service
 
-.PHONY: run test venv lint typecheck unit e2e backends bench openapi stack clean
+.PHONY: run test venv lint typecheck unit e2e backends bench openapi settings-table stack clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 ## Run the sidecar on its embedded default (127.0.0.1:5001, /metrics, JSON logs on stdout).
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/otel-service serve
 
 ## The whole suite: lint, types, unit + integration tests, and the end-to-end suite on real binaries.
@@ -36,7 +42,9 @@ unit: $(STAMP)
 e2e: $(STAMP) backends
 	. tools/backends.env && $(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
-## Prometheus, Alertmanager (Debian), the collector (ocb), Loki and Tempo (Go), cached by version.
+## Prometheus + promtool, Alertmanager + amtool, the collector (ocb), Jaeger, VictoriaLogs and docker
+## compose, all built from the Go module proxy (Apache-2.0 only; never Loki, Tempo or Grafana), cached
+## outside the work tree by version and build inputs (tools/backends.sh).
 backends:
 	tools/backends.sh install
 	tools/backends.sh paths > tools/backends.env
@@ -44,12 +52,19 @@ backends:
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 
+## Rewrite README's settings table from otel_service/config.py (a test checks they agree).
+settings-table: $(STAMP)
+	$(BIN)/python -c "import pathlib; from otel_service import config as c; p = pathlib.Path('README.md'); \
+	t = p.read_text(); i, j = t.index(c.README_START), t.index(c.README_END) + len(c.README_END); \
+	p.write_text(t[:i] + c.markdown_table() + t[j:])"
+
 openapi: $(STAMP)
 	$(BIN)/python -c "import json; from otel_service.intake.openapi import openapi_document as d; print(json.dumps(d(), indent=2))" > openapi.json
 
-## The whole stack natively (no Docker): sidecar + collector + Prometheus + Loki + Tempo + Alertmanager.
+## The whole stack natively (no Docker): sidecar + collector + Prometheus + Alertmanager + Jaeger +
+## VictoriaLogs (the Apache-2.0 stack). Options: make stack STACK_ARGS="--random-ports --keep".
 stack: $(STAMP) backends
-	. tools/backends.env && $(BIN)/python -m tests.e2e.stack
+	. tools/backends.env && $(BIN)/python -m tools.stack $(STACK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
