@@ -6,7 +6,7 @@ fields. Standard OpenTelemetry variables keep their standard meaning; the servic
 ``OTELSVC_`` prefix. Read once (``Settings.from_env(os.environ)``, or any mapping in tests), then passed
 down, frozen. ``Settings()`` is what an empty environment gives.
 
-Length: one row per setting (34 of them) and their parsers; split, the table would not be one table.
+Length: one row per setting (39 of them) and their parsers; split, the table would not be one table.
 """
 
 from __future__ import annotations
@@ -288,6 +288,32 @@ class Settings:
         "on more cores; rate limits then apply per process",
         parse=_intake_processes,
         shown=f"auto = the usable CPUs, at most {AUTO_INTAKE_PROCESSES}",
+    )
+    max_connections: int = _setting(
+        "OTELSVC_MAX_CONNECTIONS",
+        512,
+        "open connections per intake process; beyond, new ones are closed at once (counted)",
+        parse=_integer(1),
+    )
+    max_connections_per_client: int = _setting(
+        "OTELSVC_MAX_CONNECTIONS_PER_CLIENT",
+        256,
+        "open connections per client address and intake process",
+        parse=_integer(1),
+    )
+    header_timeout: float = _setting(
+        "OTELSVC_HEADER_TIMEOUT",
+        10.0,
+        "seconds a new connection has to send its first request's headers",
+        parse=_seconds(1),
+        shown="10",
+    )
+    keepalive_timeout: float = _setting(
+        "OTELSVC_KEEPALIVE_TIMEOUT",
+        30.0,
+        "seconds an idle keep-alive connection is kept open",
+        parse=_seconds(1),
+        shown="30",
     )
     max_body_bytes: int = _setting(
         "OTELSVC_MAX_BODY_BYTES",

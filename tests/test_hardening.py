@@ -316,3 +316,57 @@ async def test_resends_after_an_export_timeout_are_counted_as_possible_duplicate
     assert extra > 0
     status = app.runner.parts.worker.status
     assert status.duplicates >= extra
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (reading whatever it sends)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_idle_and_slow_connections_are_closed_at_the_header_deadline(serve) -> None:  # type: ignore[no-untyped-def]
+    """A connection that sends nothing, or its headers a byte at a time, is closed and counted."""
+    sidecar = serve(OTELSVC_INTAKE_PROCESSES="1", OTELSVC_HEADER_TIMEOUT="1")
+    idle = socket.create_connection(("127.0.0.1", sidecar.port))
+    slow = socket.create_connection(("127.0.0.1", sidecar.port))
+    started = time.monotonic()
+    slow.sendall(b"POST /track HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    while time.monotonic() - started < 3 and slow.fileno() >= 0:
+        try:
+            slow.sendall(b"X")
+        except OSError:
+            break
+        time.sleep(0.2)
+    assert _closed_within(idle, 3)
+    assert _closed_within(slow, 3)
+    detail = json.loads(sidecar.get("/health/detailed"))
+    assert detail["events"]["rejected"].get("header_timeout") == 2
+    idle.close()
+    slow.close()
+
+
+def test_a_flood_of_connections_from_one_client_leaves_room_for_the_others(serve) -> None:  # type: ignore[no-untyped-def]
+    """Beyond the per-client bound, a client's new connections are closed; another address is served."""
+    sidecar = serve(
+        OTELSVC_INTAKE_PROCESSES="1", OTELSVC_MAX_CONNECTIONS_PER_CLIENT="3", OTELSVC_HEADER_TIMEOUT="60"
+    )
+    flood = [socket.create_connection(("127.0.0.1", sidecar.port)) for _ in range(6)]
+    assert [_closed_within(sock, 1) for sock in flood] == [False] * 3 + [True] * 3
+    other = socket.create_connection(("127.0.0.1", sidecar.port), source_address=("127.0.0.2", 0))
+    body = json.dumps({"kind": "llm_call", "model": "m", "duration_ms": 1}).encode()
+    other.sendall(
+        b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert other.recv(65536).startswith(b"HTTP/1.1 202")
+    for sock in (*flood, other):
+        sock.close()
+    detail = json.loads(sidecar.get("/health/detailed"))
+    assert detail["events"]["rejected"].get("too_many_connections_from_client") == 3

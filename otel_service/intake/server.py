@@ -10,12 +10,9 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from http import HTTPStatus
-from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from ..model.errors import ForbiddenHost, OtelServiceError, RateLimited, Unauthorized
 from ..telemetry.histograms import HistogramSet
@@ -24,7 +21,7 @@ from ..telemetry.logs import diagnostics
 from .accept import IntakeStats
 from .rate_limit import RateLimiter
 
-__all__ = ["Handler", "JsonServer", "Routes", "create_handler", "create_status_handler", "json_response"]
+__all__ = ["UNMATCHED", "Handler", "Routes", "create_handler", "create_status_handler", "json_response"]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 #: Path → method → handler. A GET route also answers HEAD.
@@ -32,7 +29,8 @@ Routes = Mapping[str, Mapping[str, Handler]]
 
 _log = diagnostics()
 _OPEN_PATHS = frozenset({"/health", "/ready"})
-_UNMATCHED = "unmatched"
+#: The route label of requests for paths the sidecar does not serve.
+UNMATCHED = "unmatched"
 #: Methods named as such on the request-duration metric; any other is "_OTHER" (semantic conventions).
 _KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 _CORS_HEADERS = {
@@ -151,7 +149,7 @@ def create_handler(
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         methods = table.get(request.path)
-        path = request.path if methods is not None else _UNMATCHED
+        path = request.path if methods is not None else UNMATCHED
         stats.requests += 1
         stats.last_request = time.time()
         origin = request.headers.get("Origin")
@@ -204,59 +202,3 @@ def create_handler(
         return response
 
     return handle
-
-
-#: At most one diagnostic line per this many seconds about requests aiohttp could not parse.
-_PROTOCOL_LOG_SECONDS = 60.0
-
-
-class JsonServer(web.Server):
-    """aiohttp's low-level server, whose own refusals (a request it cannot even parse: a bad request
-    line, over-long or invalid headers) are JSON errors too, counted like every other refusal, and
-    logged as one line a minute with a count instead of a traceback each."""
-
-    def __init__(self, handler: Handler, *, stats: IntakeStats, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._stats = stats
-        self._unlogged = 0
-        self._logged_at = -_PROTOCOL_LOG_SECONDS
-
-    def __call__(self) -> RequestHandler:
-        protocol = _JsonErrors(self, loop=self._loop, **self._kwargs)
-        protocol.refused = self.refused
-        return protocol
-
-    def refused(self, reason: str) -> None:
-        stats = self._stats
-        stats.requests += 1
-        stats.failed_requests += 1
-        stats.reject(_UNMATCHED, reason)
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._logged_at >= _PROTOCOL_LOG_SECONDS:
-            _log.warning("http_requests_refused", reason=reason, count=self._unlogged, period_seconds=60)
-            self._unlogged, self._logged_at = 0, now
-
-
-class _JsonErrors(RequestHandler):
-    refused: Callable[[str], None]
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # an answer is under way: none can follow (as aiohttp)
-            raise ConnectionError("the answer was being sent: no error answer can follow")
-        reason = "malformed_http_request" if status < 500 else "internal"
-        self.refused(reason)
-        detail = type(exc).__name__ if exc is not None else HTTPStatus(status).phrase
-        answer = json_response(
-            {"error": reason, "message": f"the request could not be read ({detail})", "field": "$request"},
-            status=status,
-        )
-        answer.headers["Server"] = "otel-service"
-        answer.force_close()
-        return answer

@@ -15,8 +15,9 @@ from aiohttp import web
 from .._version import __version__
 from ..config import Settings, SettingsError
 from ..intake.accept import IntakeStats
+from ..intake.connections import JsonServer
 from ..intake.handlers import Service, intake_handler, intake_routes
-from ..intake.server import JsonServer, create_status_handler
+from ..intake.server import create_status_handler
 from ..intake.status import Status, status_routes
 from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..telemetry.logs import configure_diagnostics, diagnostics
@@ -31,7 +32,7 @@ from .export_host import ExportRunner, ThreadRunner, wire_export
 from .export_process import ProcessRunner
 from .intake_group import IntakeGroup
 from .loop import SERVER_OPTIONS, CannotListen, listen, new_event_loop
-from .wiring import wire_intake
+from .wiring import connection_limits, wire_intake
 
 __all__ = ["SERVER_OPTIONS", "App", "CannotListen", "create_app", "refuse_settings", "run", "serve"]
 
@@ -64,7 +65,13 @@ class App:
 
     def server(self) -> web.Server:
         """An aiohttp low-level server for ``handle``."""
-        return JsonServer(self.handle, stats=self.service.intake.stats, access_log=None, **SERVER_OPTIONS)
+        return JsonServer(
+            self.handle,
+            stats=self.service.intake.stats,
+            limits=connection_limits(self.settings),
+            access_log=None,
+            **SERVER_OPTIONS,
+        )
 
     async def start(self) -> None:
         """Start the export side, copying spool shards into the main spool (and, with

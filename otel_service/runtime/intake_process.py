@@ -20,15 +20,15 @@ from opentelemetry.metrics import NoOpMeter
 from .._version import __version__
 from ..config import Settings
 from ..intake.accept import IntakeStats
+from ..intake.connections import JsonServer
 from ..intake.handlers import intake_handler, intake_routes
-from ..intake.server import JsonServer
 from ..intake.status import Forwarder
 from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..spool.shards import publish, read_published, shard_dir
 from ..telemetry.histograms import HistogramSet
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from .loop import SERVER_OPTIONS, CannotListen, listen, new_event_loop
-from .wiring import wire_intake
+from .wiring import connection_limits, wire_intake
 
 __all__ = ["PUBLISH_SECONDS", "run_intake_process"]
 
@@ -74,7 +74,9 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
         publish(writer.directory, {"pid": os.getpid(), "stats": stats.dump(), "durations": durations})
 
     runner = web.ServerRunner(
-        JsonServer(handler, stats=stats, access_log=None, **SERVER_OPTIONS),
+        JsonServer(
+            handler, stats=stats, limits=connection_limits(settings), access_log=None, **SERVER_OPTIONS
+        ),
         shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()

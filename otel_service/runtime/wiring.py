@@ -13,6 +13,7 @@ from opentelemetry.metrics import Meter
 
 from ..config import Settings
 from ..intake.accept import Intake, IntakeStats
+from ..intake.connections import ConnectionLimits
 from ..intake.handlers import Service
 from ..spool import SpoolWriter
 from ..spool.commit import GroupCommit
@@ -20,7 +21,7 @@ from ..spool.shards import shard_dir, shard_dirs
 from ..telemetry.histograms import HistogramSet
 from ..telemetry.instruments import IntakeInstruments
 
-__all__ = ["intake_spools", "wire_intake"]
+__all__ = ["connection_limits", "intake_spools", "wire_intake"]
 
 
 def intake_spools(settings: Settings) -> list[Path]:
@@ -28,6 +29,16 @@ def intake_spools(settings: Settings) -> list[Path]:
     (of this run's intake processes, and any an earlier run with more of them left)."""
     others = (shard_dir(settings.spool_dir, index) for index in range(1, settings.intake_processes))
     return [settings.spool_dir, *sorted({*shard_dirs(settings.spool_dir), *others})]
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """What each intake process's server allows a connection."""
+    return ConnectionLimits(
+        max_connections=settings.max_connections,
+        max_per_client=settings.max_connections_per_client,
+        header_timeout=settings.header_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
 
 
 def wire_intake(
