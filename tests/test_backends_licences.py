@@ -89,8 +89,7 @@ def agpl_mentions(text: str) -> list[str]:
 
 
 def test_the_pattern_catches_module_paths_and_nothing_else() -> None:
-    """Module paths, packages, versions and go.sum lines are caught; images and other grafana modules
-    are not."""
+    """Module paths, packages and go.sum lines are caught; images and other grafana modules are not."""
     caught = [
         "require github.com/grafana/loki/v3 v3.7.8",
         "\tgithub.com/grafana/tempo v1.5.1-0.20250529124718-87c2dc380cec // indirect",
@@ -113,8 +112,8 @@ def test_the_pattern_catches_module_paths_and_nothing_else() -> None:
 
 
 def test_the_scan_sees_every_kind_of_build_file() -> None:
-    """The scan is not vacuous: it reads the wrapper modules, the build script, the Makefile, the
-    collector manifest and the compose files."""
+    """The scan is not vacuous: it reads wrapper modules, build script, Makefile, manifest, compose."""
+    # (the files every kind of build input lives in)
     names = {str(p.relative_to(REPO)) for p in build_files()}
     for expected in (
         "Makefile",
@@ -131,8 +130,8 @@ def test_the_scan_sees_every_kind_of_build_file() -> None:
 
 
 def test_no_build_file_names_an_agpl_module() -> None:
-    """No go.mod, go.sum, build script, Makefile, Dockerfile, compose file or manifest names
-    github.com/grafana/loki, github.com/grafana/tempo or github.com/grafana/grafana."""
+    """No go.mod, build script, Makefile, compose file or manifest names an AGPL module path."""
+    # AGPL_MODULES: github.com/grafana/loki, github.com/grafana/tempo, github.com/grafana/grafana.
     offenders = {}
     for path in build_files():
         mentions = agpl_mentions(path.read_text("utf-8", errors="replace"))
@@ -169,8 +168,7 @@ def _go() -> str:
 
 @pytest.mark.e2e
 def test_no_built_binary_contains_an_agpl_module() -> None:
-    """Every binary the suite builds and runs: its embedded module list (``go version -m``) names no
-    AGPL module, directly or as a dependency of a dependency."""
+    """No binary the suite builds embeds an AGPL module, directly or transitively (``go version -m``)."""
     missing = [v for v in BINARY_VARIABLES if not os.access(os.environ.get(v, ""), os.X_OK)]
     assert not missing, (
         f"not set or not executable: {missing}; run `make backends` and `. tools/backends.env`"

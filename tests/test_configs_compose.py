@@ -89,8 +89,8 @@ def test_compose_version() -> None:
 
 @pytest.mark.parametrize("stack", sorted(STACKS))
 def test_every_profile_passes_compose_config(stack: str) -> None:
-    """``docker compose config -q`` accepts each stack without a profile and with each profile it has
-    (neither defines one today: every service runs)."""
+    """``docker compose config -q`` accepts each stack with no profile, each profile, and all of them."""
+    # (neither file defines a profile today: every service runs)
     for profile in [(), *((p,) for p in profiles(stack))]:
         _ok(compose(stack, "config", "-q", profiles=profile))
     # With every profile at once, too (`--profile '*'`).
@@ -99,8 +99,7 @@ def test_every_profile_passes_compose_config(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", sorted(STACKS))
 def test_required_secrets_are_enforced(stack: str) -> None:
-    """Without each required variable compose refuses the file, naming it; the Apache-2.0 stack needs no
-    Grafana password."""
+    """Compose refuses a stack without each variable it requires, and accepts it with exactly those."""
     for missing in REQUIRED_ENV[stack]:
         env = {k: v for k, v in REQUIRED_ENV[stack].items() if k != missing}
         result = compose(stack, "config", "-q", env=env)
@@ -137,8 +136,7 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_apache_stack_services() -> None:
-    """The Apache-2.0 stack: Jaeger and VictoriaLogs in place of Tempo and Loki, no Grafana; the
-    collector exports to them; Prometheus scrapes them; only loopback ports are published."""
+    """The Apache-2.0 stack: Jaeger and VictoriaLogs, no AGPL service, its configs, loopback ports."""
     services = model("apache")["services"]
     assert set(services) == {
         "otel-service",
@@ -188,9 +186,9 @@ ALLOWED_DIFFERENCES = {
 
 
 def test_shared_services_are_the_same_in_both_stacks() -> None:
-    """otel-service, otel-collector, prometheus and alertmanager are copies in the two files: they
-    resolve identically except for the store endpoints, the stores' scrape file, the remote-write flag
-    (for Tempo only) and the published ports."""
+    """The services both stacks share resolve alike but for store endpoints, scrape file and ports."""
+    # otel-service, otel-collector, prometheus and alertmanager are copies in the two files; the
+    # remote-write flag is for Tempo only.
     grafana, apache = model("grafana")["services"], model("apache")["services"]
     for name, allowed in ALLOWED_DIFFERENCES.items():
         keys = set(grafana[name]) | set(apache[name])
