@@ -1191,12 +1191,18 @@ class Stack:
     ) -> list[str]:
         """Trace IDs of the traces with a span whose attributes match ``tags``, over the run
         (``/api/traces?service=...&tags={...}``: the tag search of Jaeger's query service)."""
+        return self.trace_find({"service": service, "tags": json.dumps(dict(tags)), "limit": str(limit)})
+
+    def trace_find(self, params: Mapping[str, str]) -> list[str]:
+        """Trace IDs Jaeger's ``/api/traces`` search returns for ``params`` (``service``, ``tags``,
+        ``minDuration``, ``operation``, ``limit``, ...); ``service`` defaults to the sidecar's and the
+        time range to the run."""
         params = {
-            "service": service,
-            "tags": json.dumps(dict(tags)),
+            "service": SERVICE_NAME,
             "start": str(int((self.started_at - 86400) * 1e6)),
             "end": str(int((time.time() + 600) * 1e6)),
-            "limit": str(limit),
+            "limit": "100",
+            **params,
         }
         url = f"{self.jaeger_url}/api/traces?{urlencode(params)}"
         try:
@@ -1204,9 +1210,7 @@ class Stack:
         except OSError as exc:
             raise StackError(f"jaeger: cannot reach {url}: {exc}") from exc
         if response.status != 200:
-            raise StackError(
-                f"jaeger: search {dict(tags)} -> HTTP {response.status}: {response.body[:500]!r}"
-            )
+            raise StackError(f"jaeger: search {params} -> HTTP {response.status}: {response.body[:500]!r}")
         return [str(t["traceID"]).rjust(32, "0") for t in response.json().get("data") or []]
 
 

@@ -17,7 +17,8 @@ class Runbook:
     alert: str
     anchor: str
     text: str
-    #: (language, query) of every fenced promql / logql / traceql / logsql block line.
+    #: (language, query) of every fenced promql / logql / traceql / logsql / jaeger block line (a jaeger
+    #: line is the query string of Jaeger's /api/traces search: tags={...}&minDuration=5s).
     queries: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -37,7 +38,9 @@ def runbooks(text: str | None = None) -> dict[str, Runbook]:
     parts = re.split(r"^### (Runbook: (\w+))\s*$", section, flags=re.MULTILINE)
     for heading, alert, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
         book = Runbook(alert, github_anchor(heading), body)
-        for language, block in re.findall(r"```(promql|logql|traceql|logsql)\n(.*?)```", body, re.DOTALL):
+        for language, block in re.findall(
+            r"```(promql|logql|traceql|logsql|jaeger)\n(.*?)```", body, re.DOTALL
+        ):
             for line in block.splitlines():
                 query = line.strip()
                 if language == "promql":

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import pytest
 import yaml
@@ -1121,13 +1122,14 @@ def test_alerts_fire_and_reach_alertmanager_and_webhook(stack: Stack) -> None:
 
 #: Runbook query languages whose engines are AGPL-3.0 (Loki: LogQL, Tempo: TraceQL): this suite never
 #: runs them, so these queries are checked only by the compose deployment (README, "What is verified
-#: where"). LogsQL blocks (VictoriaLogs) are run here.
+#: where"). LogsQL blocks (VictoriaLogs) and jaeger blocks (Jaeger's /api/traces search) are run here.
 UNRUNNABLE_LANGUAGES = {"logql", "traceql"}
 
 
 def test_runbook_queries_run_on_the_real_backends(stack: Stack) -> None:
-    """Every PromQL query in the README's runbooks is accepted by the real Prometheus, and every LogsQL
-    query by the real VictoriaLogs. (LogQL and TraceQL need Loki and Tempo: compose only.)"""
+    """Every PromQL query in the README's runbooks is accepted by the real Prometheus, every LogsQL
+    query by the real VictoriaLogs and every Jaeger search by the real Jaeger. (LogQL and TraceQL need
+    Loki and Tempo: compose only.)"""
     problems = []
     count = 0
     for alert, book in runbooks().items():
@@ -1140,6 +1142,8 @@ def test_runbook_queries_run_on_the_real_backends(stack: Stack) -> None:
                     stack.prom_query(query)
                 elif language == "logsql":
                     stack.logs_query(query, limit=1)
+                elif language == "jaeger":
+                    stack.trace_find(dict(parse_qsl(query, strict_parsing=True)))
                 else:
                     problems.append(f"{alert}: no engine for {language} {query}")
             except StackError as exc:
