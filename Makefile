@@ -30,14 +30,14 @@ test: $(STAMP) backends lint typecheck
 	. tools/backends.env && $(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check otel_service tests bench
-	$(BIN)/ruff format --check otel_service tests bench
+	$(BIN)/ruff check otel_service tests bench tools
+	$(BIN)/ruff format --check otel_service tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+unit: $(STAMP) backends
+	. tools/backends.env && $(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 e2e: $(STAMP) backends
 	. tools/backends.env && $(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
