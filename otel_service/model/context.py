@@ -121,8 +121,9 @@ class RequestContext:
         return self.parent
 
     def event_correlation_id(self, own: str | None, parent: TraceContext | None) -> str:
-        """An event's correlation ID: its own field, the header, its parent's trace, the request's trace."""
-        return resolve_correlation_id(own, self.header_id, parent, self.trace_id)
+        """An event's correlation ID: its own field, the header, its parent's trace, the request's trace
+        (``resolve_correlation_id``'s order, with the header already checked)."""
+        return own or self.header_id or (self.trace_id if parent is None else parent.trace_id)
 
 
 #: IDs come from a PRNG seeded from the OS, like the OpenTelemetry SDK's ``RandomIdGenerator``: unique
