@@ -29,6 +29,7 @@ __all__ = [
     "README_START",
     "Settings",
     "SettingsError",
+    "is_loopback",
     "markdown_table",
     "settings_table",
     "usable_cpus",
@@ -163,8 +164,9 @@ def _default_spool(state_home: str | None = None, home: str | None = None) -> Pa
     return state / "otel-service" / "spool"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -406,7 +408,7 @@ class Settings:
 
     def check(self) -> None:
         """Refuse unsafe or impossible combinations."""
-        if not _is_loopback(self.host) and not self.auth_token:
+        if not is_loopback(self.host) and not self.auth_token:
             raise SettingsError(
                 f"refusing to bind {self.host}: binding beyond loopback needs OTELSVC_AUTH_TOKEN"
             )

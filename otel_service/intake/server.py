@@ -7,13 +7,13 @@ middleware chain cost about 10 % of a request, and a route table of eight paths 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
 
+from ..config import is_loopback
 from ..model.errors import ForbiddenHost, OtelServiceError, RateLimited, Unauthorized
 from ..telemetry.histograms import HistogramSet
 from ..telemetry.instruments import IntakeInstruments
@@ -49,15 +49,6 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:].partition("]")[0]
     return host.rpartition(":")[0] if host.count(":") == 1 else host
-
-
-def _is_loopback(name: str) -> bool:
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def json_response(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -124,7 +115,7 @@ def create_handler(
         if host is None:  # HTTP/1.0 without a Host: not a browser
             return
         name = _host_name(host)
-        if name not in hosts and not _is_loopback(name):
+        if name not in hosts and not is_loopback(name):
             raise ForbiddenHost(
                 f"host {name!r} is not served without OTELSVC_AUTH_TOKEN (see OTELSVC_ALLOWED_HOSTS)",
                 field="Host",
