@@ -6,13 +6,19 @@
         spans = receiver.spans()
 
 Failures can be injected (``receiver.fail(...)``) to exercise retries and backpressure.
+``mutated_bodies`` makes reproducible malformed request bodies for fuzzing an intake endpoint.
+
+Length: the receiver (both transports, failure injection, waiting helpers) and the fuzz-body maker
+are the two doubles a test of the sidecar needs; each is one piece.
 """
 
 from __future__ import annotations
 
+import json
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +32,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-__all__ = ["Failure", "OtlpReceiver"]
+__all__ = ["Failure", "OtlpReceiver", "mutated_bodies"]
 
 _REQUESTS: dict[str, Any] = {
     "traces": trace_service_pb2.ExportTraceServiceRequest,
@@ -275,3 +281,50 @@ class _Servicer:
             context.abort(failure.grpc_code, "injected failure")
         self._receiver._store(self._signal, request)
         return _RESPONSES[self._signal]()
+
+
+#: Values a mutation puts in place of another: wrong types, bounds, encodings, nesting.
+_ODD_VALUES: list[Any] = [None, True, -1, 2**63, 2**64, 1e309, -0.0, "", "\x00", "\ud800", "x" * 5000,
+                          [], {}, [[[[[]]]]], {"a": {"b": {"c": {}}}}, "1" * 5000, "NaN",
+                          "2026-13-45T99:99:99Z"]  # fmt: skip
+
+
+def _mutate(value: Any, rng: random.Random) -> Any:
+    """``value`` with one field, item or type changed."""
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(list(value))
+        copy = dict(value)
+        choice = rng.random()
+        if choice < 0.2:
+            del copy[key]
+        elif choice < 0.3:
+            copy[key + "_unknown"] = copy[key]
+        else:
+            copy[key] = _mutate(copy[key], rng)
+        return copy
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        copy_list = list(value)
+        index = rng.randrange(len(copy_list))
+        copy_list[index] = _mutate(copy_list[index], rng)
+        return copy_list
+    return rng.choice(_ODD_VALUES)
+
+
+def mutated_bodies(seed_document: Any, count: int, *, seed: str = "fuzz") -> Iterator[bytes]:
+    """``count`` request bodies made from ``seed_document``, the same for the same ``seed``: one field,
+    item or type changed (dropped, unknown, odd values), and some also damaged as bytes (truncated, a
+    byte flipped, invalid UTF-8, a duplicate key in front)."""
+    rng = random.Random(seed)  # noqa: S311 -- reproducible cases, not secrets
+    for _ in range(count):
+        raw = json.dumps(_mutate(seed_document, rng), allow_nan=True).encode("utf-8", "surrogatepass")
+        damage = rng.random()
+        if damage < 0.1 and raw:
+            raw = raw[: rng.randrange(len(raw))]
+        elif damage < 0.2 and raw:
+            index = rng.randrange(len(raw))
+            raw = raw[:index] + bytes([rng.randrange(256)]) + raw[index + 1 :]
+        elif damage < 0.25:
+            raw = raw.replace(b'"', b'"\xff', 1)
+        elif damage < 0.3:
+            raw = b'{"a":{"x":1,"x":2},' + raw
+        yield raw

@@ -370,3 +370,9 @@ def test_a_flood_of_connections_from_one_client_leaves_room_for_the_others(serve
         sock.close()
     detail = json.loads(sidecar.get("/health/detailed"))
     assert detail["events"]["rejected"].get("too_many_connections_from_client") == 3
+    sidecar.process.terminate()
+    _, err = sidecar.process.communicate(timeout=60)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    assert [line["event"] for line in lines if line["level"] in ("warning", "error")] == [
+        "connections_refused"
+    ]

@@ -98,7 +98,9 @@ class JsonServer(web.Server):
             self._drop(transport, "header_timeout")
 
     def _drop(self, transport: asyncio.Transport, reason: str) -> None:
-        transport.close()
+        # Closed on the next loop iteration, once aiohttp's handler task for it has started: closing
+        # within connection_made makes that task fail (an asyncio error line per connection).
+        self._loop.call_soon(transport.close)
         self._stats.reject(CONNECTION, reason)
         self._say("connections_refused", reason)
 
