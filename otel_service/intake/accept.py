@@ -18,7 +18,7 @@ from ..model.context import RequestContext, new_span_id
 from ..model.errors import Unavailable
 from ..model.events import KIND_OF, Event
 from ..model.validation import event_seconds
-from ..spool import SpoolWriter, first_pending, stats, undelivered
+from ..spool import SpoolWriter, first_pending, usage
 from ..spool.record import Envelope, decode_envelope, encode_envelope
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
@@ -144,8 +144,9 @@ class Intake:
         if now - self._checked <= _STAT_TTL:
             return
         self._checked = now
-        self._undelivered = sum(undelivered(directory) for directory in self._spools)
-        self._retained = sum(stats(directory).bytes for directory in self._spools)
+        measured = [usage(directory) for directory in self._spools]
+        self._retained = sum(held.bytes for held, _ in measured)
+        self._undelivered = sum(pending for _, pending in measured)
         self._oldest_age = 0.0
         if self._max_age and self._undelivered:
             first = first_pending(self._spools[0])

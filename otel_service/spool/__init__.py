@@ -27,6 +27,7 @@ from .directory import (
     first_pending,
     stats,
     undelivered,
+    usage,
     writer_active,
 )
 from .frame import MAX_RECORD_BYTES
@@ -54,5 +55,6 @@ __all__ = [
     "stats",
     "sync_every",
     "undelivered",
+    "usage",
     "writer_active",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "segment_numbers",
     "stats",
     "undelivered",
+    "usage",
     "writer_active",
 ]
 
@@ -143,33 +144,42 @@ def first_pending(directory: Path) -> bytes | None:
     return None
 
 
-def _after(directory: Path, start: Position) -> SpoolStats:
-    """The segments and bytes the spool holds from ``start`` on."""
-    total = 0
-    count = 0
+def _after(directory: Path, *starts: Position) -> list[SpoolStats]:
+    """For each of ``starts``, the segments and bytes the spool holds from it on (one directory pass)."""
+    found = [[0, 0] for _ in starts]
+    first = min(starts)
     for number in segment_numbers(directory):
-        if number < start.segment:
+        if number < first.segment:
             continue
         try:
-            st = os.stat(directory / segment_name(number))
+            size = os.stat(directory / segment_name(number)).st_size
         except FileNotFoundError:
             continue
-        pending = st.st_size - (start.offset if number == start.segment else 0)
-        if pending <= 0:
-            continue
-        total += pending
-        count += 1
-    return SpoolStats(count, total)
+        for start, tally in zip(starts, found, strict=True):
+            if number < start.segment:
+                continue
+            pending = size - (start.offset if number == start.segment else 0)
+            if pending > 0:
+                tally[0] += 1
+                tally[1] += pending
+    return [SpoolStats(count, total) for count, total in found]
 
 
 def stats(directory: Path) -> SpoolStats:
     """What the spool holds on disk: bytes after the committed cursor (not yet delivered, or delivered
     but not yet covered by a metric push)."""
-    found = read_cursor(directory)
-    return _after(directory, found.committed if found else Position(0, 0))
+    return usage(directory)[0]
 
 
 def undelivered(directory: Path) -> int:
     """Bytes whose spans and logs are not delivered yet: after the cursor's ``delivered`` position."""
+    return usage(directory)[1]
+
+
+def usage(directory: Path) -> tuple[SpoolStats, int]:
+    """``stats`` and ``undelivered`` together, from one read of the cursor and one directory pass."""
     found = read_cursor(directory)
-    return _after(directory, found.delivered if found else Position(0, 0)).bytes
+    held, pending = _after(
+        directory, *((found.committed, found.delivered) if found else (Position(0, 0),) * 2)
+    )
+    return held, pending.bytes
