@@ -67,14 +67,16 @@ def parse_tracestate(value: str | None) -> str | None:
 def resolve_correlation_id(
     event_value: str | None, header_value: str | None, parent: TraceContext | None, fallback: str
 ) -> str:
-    """The correlation ID, in the README's order: event field, header, traceparent, new."""
-    if event_value:
-        return event_value
-    if header_value and _HEADER_ID.fullmatch(header_value):
-        return header_value
-    if parent is not None:
-        return parent.trace_id
-    return fallback
+    """The correlation ID, in the README's order: event field, header, traceparent, new (``fallback``)."""
+    return RequestContext(_header_id(header_value), parent, fallback).event_correlation_id(
+        event_value, parent
+    )
+
+
+def _header_id(value: str | None) -> str | None:
+    """An ``X-Correlation-ID`` / ``X-Request-ID`` value if it is one we echo (bounded, no control or
+    separator characters), else ``None``."""
+    return value if value and _HEADER_ID.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +104,9 @@ class RequestContext:
             state = parse_tracestate(tracestate)
             if state is not None:
                 parent = TraceContext(parent.trace_id, parent.span_id, parent.sampled, state)
-        header = (
-            correlation_header if correlation_header and _HEADER_ID.fullmatch(correlation_header) else None
+        return cls(
+            _header_id(correlation_header), parent, new_trace_id() if parent is None else parent.trace_id
         )
-        return cls(header, parent, new_trace_id() if parent is None else parent.trace_id)
 
     @property
     def correlation_id(self) -> str:
@@ -122,7 +123,7 @@ class RequestContext:
 
     def event_correlation_id(self, own: str | None, parent: TraceContext | None) -> str:
         """An event's correlation ID: its own field, the header, its parent's trace, the request's trace
-        (``resolve_correlation_id``'s order, with the header already checked)."""
+        (the rule; the header was checked once, in ``from_headers``)."""
         return own or self.header_id or (self.trace_id if parent is None else parent.trace_id)
 
 
