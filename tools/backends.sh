@@ -136,13 +136,18 @@ install_collector() {
   rm -rf "$dir"
 }
 
+# promu_ldflags VERSION REVISION: -ldflags stamping a Prometheus project's binary as its .promu.yml
+# does (--version, build_info).
+promu_ldflags() {
+  local v="github.com/prometheus/common/version"
+  echo "-s -w -X $v.Version=$1 -X $v.Branch=release-${1%.*} -X $v.BuildUser=otel-service -X $v.Revision=$2"
+}
+
 install_prometheus() {
   local out; out=$(prometheus_bin)
   local tool; tool=$(promtool_bin)
   if [[ -x "$out" && -x "$tool" ]]; then log "prometheus: cached $out, $tool"; return; fi
-  # Version stamped as Prometheus's .promu.yml does (prometheus --version, build_info).
-  local v="github.com/prometheus/common/version"
-  local ldflags="-s -w -X $v.Version=$PROMETHEUS_VERSION -X $v.Branch=release-${PROMETHEUS_VERSION%.*} -X $v.BuildUser=otel-service -X $v.Revision=$PROMETHEUS_MODULE_VERSION"
+  local ldflags; ldflags=$(promu_ldflags "$PROMETHEUS_VERSION" "$PROMETHEUS_MODULE_VERSION")
   log "prometheus: go install github.com/prometheus/prometheus/cmd/{prometheus,promtool}@$PROMETHEUS_MODULE_VERSION"
   go_install_to "$out" "prometheus $PROMETHEUS_VERSION" "prometheus-$PROMETHEUS_VERSION" \
     "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION" -tags "$PROMETHEUS_TAGS" -ldflags "$ldflags"
@@ -154,8 +159,7 @@ install_alertmanager() {
   local out; out=$(alertmanager_bin)
   local tool; tool=$(amtool_bin)
   if [[ -x "$out" && -x "$tool" ]]; then log "alertmanager: cached $out, $tool"; return; fi
-  local v="github.com/prometheus/common/version"
-  local ldflags="-s -w -X $v.Version=$ALERTMANAGER_VERSION -X $v.Branch=release-${ALERTMANAGER_VERSION%.*} -X $v.BuildUser=otel-service -X $v.Revision=v$ALERTMANAGER_VERSION"
+  local ldflags; ldflags=$(promu_ldflags "$ALERTMANAGER_VERSION" "v$ALERTMANAGER_VERSION")
   # The module zip has no built web UI (ui/app/dist is made by npm/elm in Alertmanager's release
   # build), and ui/web.go embeds that directory, so `go install ...@v0.35.0` fails. Build from a copy
   # of the module's source (verified by the proxy's checksum) with a one-file ui/app/dist: the API
