@@ -183,28 +183,37 @@ _LAB_RAW = b'"business_id":"acme","response_time_ms":1500'
 @pytest.mark.parametrize(
     ("body", "field", "reason"),
     [
-        pytest.param(b"{" + _LAB_RAW + b',"tokens_used":NaN}', "$", "invalid_number", id="NaN"),
-        pytest.param(b"{" + _LAB_RAW + b',"tokens_used":Infinity}', "$", "invalid_number", id="Infinity"),
-        pytest.param(b"{" + _LAB_RAW + b',"tokens_used":-Infinity}', "$", "invalid_number", id="-Infinity"),
-        pytest.param(b"{" + _LAB_RAW + b',"tokens_used":1e999}', "$", "invalid_number", id="1e999"),
+        pytest.param(b"{" + _LAB_RAW + b',"tokens_used":NaN}', "$.tokens_used", "invalid_number", id="NaN"),
         pytest.param(
-            b"{" + _LAB_RAW + b',"api_cost_usd":-1e999,"tokens_used":1}', "$", "invalid_number", id="-1e999"
+            b"{" + _LAB_RAW + b',"tokens_used":Infinity}', "$.tokens_used", "invalid_number", id="Infinity"
+        ),
+        pytest.param(
+            b"{" + _LAB_RAW + b',"tokens_used":-Infinity}', "$.tokens_used", "invalid_number", id="-Infinity"
+        ),
+        pytest.param(
+            b"{" + _LAB_RAW + b',"tokens_used":1e999}', "$.tokens_used", "invalid_number", id="1e999"
+        ),
+        pytest.param(
+            b"{" + _LAB_RAW + b',"api_cost_usd":-1e999,"tokens_used":1}',
+            "$.api_cost_usd",
+            "invalid_number",
+            id="-1e999",
         ),
         pytest.param(
             b'{"business_id":"\\ud800","response_time_ms":1,"tokens_used":1}',
-            "$",
+            "$.business_id",
             "invalid_string",
             id="lone-high-surrogate",
         ),
         pytest.param(
             b'{"business_id":"\\udc00","response_time_ms":1,"tokens_used":1}',
-            "$",
+            "$.business_id",
             "invalid_string",
             id="lone-low-surrogate",
         ),
         pytest.param(
             b'{"business_id":"\\ude00\\ud83d","response_time_ms":1,"tokens_used":1}',
-            "$",
+            "$.business_id",
             "invalid_string",
             id="reversed-pair",
         ),
@@ -220,7 +229,7 @@ _LAB_RAW = b'"business_id":"acme","response_time_ms":1500'
         pytest.param(b"{" + _LAB_RAW + b",'tokens_used':1}", "$", "malformed_json", id="single-quotes"),
         pytest.param(
             b'{"business_id":"a\tb","response_time_ms":1,"tokens_used":1}',
-            "$",
+            "$.business_id",
             "malformed_json",
             id="raw-control-char-in-string",
         ),
@@ -230,7 +239,10 @@ _LAB_RAW = b'"business_id":"acme","response_time_ms":1500'
         pytest.param(b'"acme"', "$", "invalid_field", id="string"),
         pytest.param(b"null", "$", "invalid_field", id="null"),
         pytest.param(
-            b'{"business_id":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "$", "too_deep", id="recursion-bomb"
+            b'{"business_id":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "$.business_id" + "[0]" * 31,  # the value 32 levels down
+            "too_deep",
+            id="recursion-bomb",
         ),
     ],
 )
@@ -244,8 +256,7 @@ def test_track_refuses_an_integer_literal_too_long_to_convert() -> None:
     """An integer literal of thousands of digits is an InvalidEvent, not an unexpected ValueError."""
     body = b"{" + _LAB_RAW + b',"tokens_used":1' + b"0" * 5000 + b"}"
     error = _track_error(body)
-    assert error.field is not None
-    assert error.field.startswith("$")
+    assert (error.field, error.reason) == ("$.tokens_used", "invalid_number")
 
 
 # -- /track: valid inputs and the lab -> native mapping ---------------------------------------------
@@ -673,8 +684,10 @@ _LLM_RAW = b'"kind":"llm_call","model":"m","duration_ms":1'
         pytest.param(b"{" + _LLM_RAW + b"}\n{" + _LLM_RAW + b"}", "$", "malformed_json", id="ndjson-as-json"),
         pytest.param(b"{" + _LLM_RAW + b"} ,", "$", "malformed_json", id="trailing-garbage"),
         pytest.param(b"{" + _LLM_RAW + b",", "$", "malformed_json", id="truncated"),
-        pytest.param(b"{" + _LLM_RAW + b',"input_tokens":NaN}', "$", "invalid_number", id="NaN"),
-        pytest.param(b"[{" + _LLM_RAW + b',"cost_usd":1e999}]', "$", "invalid_number", id="1e999-in-array"),
+        pytest.param(b"{" + _LLM_RAW + b',"input_tokens":NaN}', "$.input_tokens", "invalid_number", id="NaN"),
+        pytest.param(
+            b"[{" + _LLM_RAW + b',"cost_usd":1e999}]', "$[0].cost_usd", "invalid_number", id="1e999-in-array"
+        ),
         pytest.param(
             b"{" + _LLM_RAW + b',"model":"n"}', "$.model", "duplicate_key", id="duplicate-top-level"
         ),
@@ -686,17 +699,17 @@ _LLM_RAW = b'"kind":"llm_call","model":"m","duration_ms":1'
         ),
         pytest.param(
             b"{" + _LLM_RAW + b',"attributes":{"a":"\\ud800"}}',
-            "$",
+            "$.attributes.a",
             "invalid_string",
             id="lone-high-surrogate-in-attribute",
         ),
         pytest.param(
             b"{" + _LLM_RAW + b',"attributes":{"a":"\\udc00"}}',
-            "$",
+            "$.attributes.a",
             "invalid_string",
             id="lone-surrogate-in-attribute",
         ),
-        pytest.param(b"[" * 100_000 + b"]" * 100_000, "$", "too_deep", id="recursion-bomb"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "$" + "[0]" * 32, "too_deep", id="recursion-bomb"),
         pytest.param(b"\xc3\x28", "$", "invalid_encoding", id="not-utf8"),
     ],
 )
@@ -704,6 +717,116 @@ def test_batch_refuses_an_unusable_body(body: bytes, field: str, reason: str) ->
     """A body that cannot be split into items is refused as a whole, naming where and why."""
     error = _batch_error(body, limits=Limits(max_items=3))
     assert (error.field, error.reason) == (field, reason)
+
+
+def test_a_non_finite_number_is_refused_at_its_field() -> None:
+    """A number beyond float range names the member that holds it, not the whole document."""
+    error = _batch_error(b'{"kind":"llm_call","model":"gpt","duration_ms":1e999}')
+    assert (error.field, error.reason) == ("$.duration_ms", "invalid_number")
+
+
+def test_an_integer_literal_too_long_to_convert_is_refused_at_its_field() -> None:
+    """An integer of 5,000 digits names the member that holds it."""
+    error = _batch_error(b"{" + _LLM_RAW + b',"input_tokens":1' + b"0" * 4999 + b"}")
+    assert (error.field, error.reason) == ("$.input_tokens", "invalid_number")
+
+
+def test_a_lone_surrogate_is_refused_at_its_field() -> None:
+    """A string escaping half a surrogate pair names the member that holds it."""
+    error = _batch_error(b'{"kind":"llm_call","model":"\\ud800","duration_ms":1}')
+    assert (error.field, error.reason) == ("$.model", "invalid_string")
+
+
+def test_nesting_too_deep_is_refused_at_the_value_32_levels_down() -> None:
+    """A recursion bomb inside attributes.x names the value 32 levels down, on the way to it."""
+    error = _batch_error(b"{" + _LLM_RAW + b',"attributes":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}")
+    assert (error.field, error.reason) == ("$.attributes.x" + "[0]" * 30, "too_deep")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param(b'{"a":1,"b":}', "$.b", id="missing-value"),
+        pytest.param(b'{"a":1,"b":tru}', "$.b", id="bad-literal"),
+        pytest.param(b'{"a":1,"b"}', "$.b", id="missing-colon"),
+        pytest.param(b'{"a":{"b":[1,,2]}}', "$.a.b[1]", id="missing-array-item"),
+        pytest.param(b'{"a":"x\ty"}', "$.a", id="raw-control-character"),
+        pytest.param(b'{"a":1 "b":2}', "$", id="missing-comma"),
+        pytest.param(b'{"a":1,}', "$", id="trailing-comma"),
+    ],
+)
+def test_malformed_json_is_refused_at_the_member_being_read(body: bytes, field: str) -> None:
+    """A syntax error names the member whose value was being read, else the container and the position."""
+    error = _batch_error(body)
+    assert (error.field, error.reason) == (field, "malformed_json")
+    assert "at position" in error.message
+
+
+def test_ndjson_lines_prefix_the_path_of_a_refused_value() -> None:
+    """In NDJSON, each line's refused value is named under the line's index."""
+    body = b"\n".join(
+        [
+            _dumps(LLM),
+            b"{" + _LLM_RAW + b',"cost_usd":1e999}',
+            b"{" + _LLM_RAW + b',"input_tokens":1' + b"0" * 4999 + b"}",
+            b'{"kind":"llm_call","model":"\\udc00","duration_ms":1}',
+            b"{" + _LLM_RAW + b',"attributes":{"x":' + b"[" * 100_000 + b"}",
+            b'{"kind":"llm_call","model":}',
+        ]
+    )
+    assert _ndjson(body) == [
+        (0, "llm_call", None),
+        (1, None, ("$[1].cost_usd", "invalid_number")),
+        (2, None, ("$[2].input_tokens", "invalid_number")),
+        (3, None, ("$[3].model", "invalid_string")),
+        (4, None, ("$[4].attributes.x" + "[0]" * 30, "too_deep")),
+        (5, None, ("$[5].model", "malformed_json")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "reason"),
+    [
+        pytest.param(
+            b"{" + _LLM_RAW + b',"cost_usd":-Infinity}', "$[2].cost_usd", "invalid_number", id="number"
+        ),
+        pytest.param(
+            b'{"kind":"llm_call","model":"\\ud800"}', "$[2].model", "invalid_string", id="surrogate"
+        ),
+        pytest.param(
+            b'{"attributes":{"x":' + b"[" * 100_000, "$[2].attributes.x" + "[0]" * 29, "too_deep", id="deep"
+        ),
+        pytest.param(b'{"kind":"llm_call","model":,', "$[2].model", "malformed_json", id="malformed"),
+    ],
+)
+def test_array_items_prefix_the_path_of_a_refused_value(item: bytes, field: str, reason: str) -> None:
+    """In a JSON array the body is refused, naming the refused value under its item's index."""
+    error = _batch_error(b"[" + _dumps(LLM) + b"," + _dumps(LLM) + b"," + item + b"]")
+    assert (error.field, error.reason) == (field, reason)
+
+
+def test_a_duplicate_key_names_the_key_the_message_names() -> None:
+    """The repeated key refused is the first object's to end with one, in field and message alike."""
+    error = _batch_error(b"{" + _LLM_RAW + b',"model":"n","attributes":{"x":1,"x":2}}')
+    assert (error.field, error.reason, error.message) == (
+        "$.attributes.x",
+        "duplicate_key",
+        "duplicate key 'x'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b'{"\\ud800":1,"\\ud800":2}', "duplicate_key", id="duplicate"),
+        pytest.param(b'{"\\ud800":1e999}', "invalid_number", id="number"),
+        pytest.param(b'{"\\ud800":}', "malformed_json", id="malformed"),
+    ],
+)
+def test_a_key_with_a_lone_surrogate_stays_escaped_in_the_path(body: bytes, reason: str) -> None:
+    """A path names such a key as written (the answer is UTF-8, which cannot hold a lone surrogate)."""
+    error = _batch_error(body)
+    assert (error.field, error.reason) == ("$.\\ud800", reason)
 
 
 def test_batch_judges_each_array_item_on_its_own() -> None:
@@ -746,7 +869,8 @@ def test_deeply_nested_values_are_refused_per_item(depth: int) -> None:
 def test_track_refuses_deeply_nested_values(depth: int) -> None:
     """Nested structures where the lab schema wants a scalar are refused, naming the body or the field."""
     error = _track_error(_dumps({**LAB, "business_id": _nested(depth)}))
-    assert (error.field, error.reason) in (("$", "too_deep"), ("$.business_id", "invalid_field"))
+    too_deep = ("$.business_id" + ".k[0]" * 15 + ".k", "too_deep")  # the value 32 levels down
+    assert (error.field, error.reason) in (too_deep, ("$.business_id", "invalid_field"))
 
 
 def test_batch_item_limit_is_inclusive() -> None:
@@ -790,8 +914,8 @@ def test_ndjson_skips_blank_lines_and_rejects_only_the_malformed_line() -> None:
         (1, None, ("$[1]", "malformed_json")),
         (2, "feedback", None),
         (3, None, ("$[3].model", "duplicate_key")),
-        (4, None, ("$[4]", "invalid_number")),
-        (5, None, ("$[5]", "invalid_string")),
+        (4, None, ("$[4].input_tokens", "invalid_number")),
+        (5, None, ("$[5].model", "invalid_string")),
         (6, None, ("$[6]", "invalid_field")),
         (7, "prediction", None),
     ]

@@ -12,10 +12,13 @@ from typing import Any
 import msgspec
 
 from .errors import InvalidEvent
+from .json_paths import DEPTH, locate, member
 
 __all__ = ["decode", "decode_utf8", "fast_decode"]
 
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_SURROGATE_TOKEN = re.compile(r"\\[uU][dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -92,38 +95,88 @@ _PAIRS_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_cons
 
 
 def _duplicate_path(text: str, where: str) -> str:
-    """Where the first repeated key is. Raises what decoding raises when the text is not valid JSON
-    beyond the duplicate (it is then refused for that)."""
+    """Where the repeated key the reference decoder refused is: the first in the first object, in
+    document order, to end with one (objects end after the objects they hold). Raises what decoding
+    raises when the text is not valid JSON beyond the duplicate (it is then refused for that)."""
     tree = _PAIRS_DECODER.raw_decode(text, _WHITESPACE.match(text).end())[0]  # type: ignore[union-attr]
-    stack: list[tuple[Any, str]] = [(tree, where)]
+    stack: list[tuple[Any, str, bool]] = [(tree, where, False)]
     while stack:
-        node, path = stack.pop()
+        node, path, ended = stack.pop()
         if isinstance(node, _Pairs):
-            seen: set[str] = set()
-            for key, value in node:
-                if key in seen:
-                    return f"{path}.{key}"
-                seen.add(key)
-                stack.append((value, f"{path}.{key}"))
+            if ended:
+                seen: set[str] = set()
+                for key, _ in node:
+                    if key in seen:
+                        return path + member(key)
+                    seen.add(key)
+                continue
+            stack.append((node, path, True))
+            stack.extend((value, path + member(key), False) for key, value in reversed(node))
         elif isinstance(node, list):
-            stack.extend((value, f"{path}[{index}]") for index, value in enumerate(node))
+            stack.extend((node[i], f"{path}[{i}]", False) for i in range(len(node) - 1, -1, -1))
     return where
 
 
-def _refusal(error: Exception, where: str) -> InvalidEvent:
-    """Why the reference decoder refused a document, as the error the client gets."""
-    if isinstance(error, _NonFinite):
-        return InvalidEvent(
-            f"non-finite number {error.args[0]!r} is not allowed", field=where, reason="invalid_number"
-        )
+_CHECKED = json.JSONDecoder(parse_constant=_constant, parse_float=_float)  # repeated keys aside
+
+
+def _skip(text: str, start: int) -> int | None:
+    """Where the value at ``start`` ends if the reference decoder reads it (repeated keys aside)."""
+    try:
+        return _CHECKED.raw_decode(text, start)[1]
+    except (ValueError, RecursionError):
+        return None
+
+
+def _skip_paired(text: str, start: int) -> int | None:
+    """``_skip``, for a value that escapes no surrogate either (pairs aside: they are rare)."""
+    end = _skip(text, start)
+    return None if end is None or _SURROGATE_TOKEN.search(text, start, end) else end
+
+
+def _refused_number(token: str) -> bool:
+    """Whether the reference decoder refuses this number token (NaN, Infinity, 1e999, 5,000 digits)."""
+    if token[-1] in "Ny":  # NaN, Infinity, -Infinity
+        return True
+    try:
+        _float(token) if "." in token or "e" in token or "E" in token else int(token)
+    except ValueError:
+        return True
+    return False
+
+
+def _lone_surrogate(token: str) -> bool:
+    """Whether this string token (as written) escapes a surrogate that is not part of a pair."""
+    if not _SURROGATE_TOKEN.search(token):
+        return False
+    try:  # a pair decodes to one character beyond the BMP; a lone escape stays a surrogate
+        return _SURROGATE.search(json.loads(token)) is not None
+    except ValueError:
+        return False
+
+
+def _refusal(error: Exception, text: str, where: str) -> InvalidEvent:
+    """Why the reference decoder refused a document, as the error the client gets, naming the value
+    refused (see ``json_paths.locate``): the number, the value being read at a syntax error, or the
+    value ``DEPTH`` levels down where nesting goes too deep (the path of the deepest point could be
+    thousands of characters long; no event comes near that depth)."""
     if isinstance(error, RecursionError):
-        return InvalidEvent("JSON nested too deeply", field=where, reason="too_deep")
+        field = locate(text, where, depth=DEPTH, skip=_skip)
+        below = f" (the nesting goes on below the field, {DEPTH} levels down)" if field != where else ""
+        return InvalidEvent(f"JSON nested too deeply{below}", field=field, reason="too_deep")
     if isinstance(error, json.JSONDecodeError):
         return InvalidEvent(
-            f"malformed JSON: {error.msg} at position {error.pos}", field=where, reason="malformed_json"
+            f"malformed JSON: {error.msg} at position {error.pos}",
+            field=locate(text, where, until=error.pos, skip=_skip),
+            reason="malformed_json",
+        )
+    field = locate(text, where, bad_number=_refused_number, skip=_skip)
+    if isinstance(error, _NonFinite):
+        return InvalidEvent(
+            f"non-finite number {error.args[0]!r} is not allowed", field=field, reason="invalid_number"
         )
     # e.g. an integer literal beyond Python's digit limit
-    return InvalidEvent("number too large", field=where, reason="invalid_number")
+    return InvalidEvent("number too large", field=field, reason="invalid_number")
 
 
 def decode(text: str, raw: bytes, where: str) -> Any:
@@ -135,19 +188,24 @@ def decode(text: str, raw: bytes, where: str) -> Any:
         try:  # a duplicate key is reported where it is, unless the rest is not JSON at all
             path = _duplicate_path(text, where)
         except (ValueError, RecursionError) as invalid:
-            raise _refusal(invalid, where) from None
+            raise _refusal(invalid, text, where) from None
         raise InvalidEvent(f"duplicate key {exc.args[0]!r}", field=path, reason="duplicate_key") from None
     except (ValueError, RecursionError) as invalid:  # JSONDecodeError and _NonFinite are ValueErrors
-        raise _refusal(invalid, where) from None
+        raise _refusal(invalid, text, where) from None
     if text[end:].strip():
-        raise InvalidEvent("trailing data after the JSON value", field=where, reason="malformed_json")
+        position = _WHITESPACE.match(text, end).end()  # type: ignore[union-attr]
+        raise InvalidEvent(
+            f"trailing data after the JSON value at position {position}", field=where, reason="malformed_json"
+        )
     if _SURROGATE_ESCAPE.search(raw):
         # Escaped surrogates must form valid pairs; msgspec's decoder refuses lone ones.
         try:
             msgspec.json.decode(raw)
         except msgspec.DecodeError:
             raise InvalidEvent(
-                "string contains a lone surrogate escape", field=where, reason="invalid_string"
+                "string contains a lone surrogate escape",
+                field=locate(text, where, bad_string=_lone_surrogate, skip=_skip_paired),
+                reason="invalid_string",
             ) from None
     return value
 
