@@ -1,6 +1,14 @@
 """The first intake process: ``run`` starts the sidecar, ``create_app`` wires its HTTP side (intake, the
 status endpoints, the other intake processes, the export host it is given), ``serve`` runs it until
-asked to stop."""
+asked to stop.
+
+A stop has one deadline, ``OTELSVC_SHUTDOWN_TIMEOUT`` after the signal, shared by every step in turn
+(each gets what the steps before it left): every intake process stops listening and has half the
+timeout to finish its requests in progress (``request_grace``); the shards are copied; the export side
+drains, pushes its metrics and saves its cursor while the intake's own metrics are pushed. Whatever
+is not done by the deadline is given up: the export process is killed, a push still waiting for an
+unanswering collector is abandoned, and what was not delivered stays in the spool for the next start.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 
 import psutil
 from aiohttp import web
@@ -29,8 +38,8 @@ from ..telemetry.providers import (
     shutdown_quietly,
 )
 from .export_host import ExportRunner, ThreadRunner, wire_export
-from .export_process import ProcessRunner
-from .intake_group import IntakeGroup
+from .export_process import ProcessRunner, stop_thread_runner, within
+from .intake_group import IntakeGroup, request_grace
 from .loop import SERVER_OPTIONS, CannotListen, listen, new_event_loop
 from .wiring import connection_limits, wire_intake
 
@@ -58,6 +67,7 @@ class App:
         self._writer = writer
         self._metrics = metrics
         self._fsync_loop: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._supervising: asyncio.Task[None] | None = None
         self.handle = intake_handler(service, {**intake_routes(service), **status_routes(status)})
         #: What the other intake processes reach over the unix socket: the status endpoints.
@@ -76,18 +86,24 @@ class App:
     async def start(self) -> None:
         """Start the export side, copying spool shards into the main spool (and, with
         ``OTELSVC_SPOOL_FSYNC=interval``, the fsync timer)."""
-        self.runner.start()
+        # In a thread: the export process takes a second to start, and a signal meanwhile is seen. A
+        # stop meanwhile ends ``start`` but waits for this (``stop``): no export process half started.
+        self._starting = asyncio.ensure_future(asyncio.to_thread(self.runner.start))
+        await asyncio.shield(self._starting)
         self._supervising = asyncio.create_task(self.runner.supervise())
         self.group.start_merging()
         if self.settings.spool_fsync == "interval":
             self._fsync_loop = asyncio.create_task(sync_every(self._writer, 0.1))
 
-    async def stop(self) -> None:
-        """Refuse new events, copy what the shards still hold and close the spool; then, within the one
-        shutdown timeout, let the export side drain while the intake's own metrics are pushed a last
-        time. (``serve`` stops the other intake processes first.)"""
+    async def stop(self, deadline: float | None = None) -> None:
+        """Refuse new events, copy what the shards still hold and close the spool; then let the export
+        side drain while the intake's own metrics are pushed a last time. All by ``deadline`` (a
+        ``time.monotonic()`` value; default: the shutdown timeout from now). (``serve`` stops the other
+        intake processes first.)"""
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.shutdown_timeout
         self.service.intake.closed = True
-        await self.group.finish_merging()
+        await self.group.finish_merging(deadline)
         if self._fsync_loop is not None:
             self._fsync_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -97,11 +113,25 @@ class App:
             self._supervising.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervising
-        timeout = self.settings.shutdown_timeout
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait({self._starting}, timeout=max(0.0, deadline - time.monotonic()))
+        left = max(0.0, deadline - time.monotonic())
+        provider = self._metrics.provider
+        # A push to a collector that accepts connections but never answers waits for the exporter's own
+        # timeout (OTEL_EXPORTER_OTLP_TIMEOUT), whatever the shutdown asks: it is abandoned at the
+        # deadline (a daemon thread does not hold the exit), as is a thread runner's stop.
         await asyncio.gather(
-            self.runner.stop(timeout),
-            asyncio.to_thread(shutdown_quietly, self._metrics.provider, timeout),
+            self._stop_export(left),
+            within(left, lambda: shutdown_quietly(provider, left), name="otel-intake-metrics-stop"),
         )
+
+    async def _stop_export(self, timeout: float) -> None:
+        if self._starting is None:  # stopped before it started
+            return
+        if isinstance(self.runner, ThreadRunner):  # its stop blocks: in a thread of its own
+            await stop_thread_runner(self.runner, timeout)
+        else:
+            await self.runner.stop(timeout)
 
 
 def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) -> App:
@@ -128,27 +158,42 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:
-    """Serve ``app`` on the configured address until ``stop`` is set, then shut down gracefully:
-    stop listening (every intake process), let requests in progress finish (within the shutdown
-    timeout), stop the app."""
+    """Serve ``app`` on the configured address until ``stop`` is set, then shut down gracefully within
+    the shutdown timeout: stop listening (every intake process), let requests in progress finish
+    (within ``request_grace``), stop the app (with what is left)."""
     settings = app.settings
-    server = web.ServerRunner(app.server(), shutdown_timeout=settings.shutdown_timeout)
+    server = web.ServerRunner(app.server(), shutdown_timeout=request_grace(settings))
     await server.setup()
-    await app.start()
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await app.group.wait_for_predecessors(settings.shutdown_timeout + 2)
-        port = await listen(server, settings.host, settings.port, shared=len(app.group) > 0)
-        await app.group.start(port, app.handle_status)
-        diagnostics().info(
-            "listening",
-            message=f"otel-service {__version__} listening on http://{settings.host}:{port}",
-            export=settings.otlp_endpoint or "embedded default, no OTLP",
-            intake_processes=len(app.group) + 1,
-        )
-        await stop.wait()
+        starting = asyncio.ensure_future(_start_serving(app, server))
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # raises CannotListen if it could not listen
+            await stopped
+        else:  # asked to stop while starting (processes starting, waiting for predecessors)
+            starting.cancel()
+            await asyncio.wait({starting})
     finally:
-        await asyncio.gather(server.cleanup(), app.group.stop(settings.shutdown_timeout))
-        await app.stop()
+        stopped.cancel()
+        deadline = time.monotonic() + settings.shutdown_timeout
+        await asyncio.gather(server.cleanup(), app.group.stop(deadline))
+        await app.stop(deadline)
+
+
+async def _start_serving(app: App, server: web.ServerRunner) -> None:
+    """Start the app, then listen on the configured address in every intake process."""
+    settings = app.settings
+    await app.start()
+    await app.group.wait_for_predecessors(settings.shutdown_timeout + 2)
+    port = await listen(server, settings.host, settings.port, shared=len(app.group) > 0)
+    await app.group.start(port, app.handle_status)
+    diagnostics().info(
+        "listening",
+        message=f"otel-service {__version__} listening on http://{settings.host}:{port}",
+        export=settings.otlp_endpoint or "embedded default, no OTLP",
+        intake_processes=len(app.group) + 1,
+    )
 
 
 async def _serve_until_signalled(app: App) -> None:

@@ -6,11 +6,13 @@ unix socket, and the first process restarts it (with backoff, counted) whenever 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,63 @@ from ..telemetry.logs import configure_diagnostics, diagnostics
 from ..telemetry.providers import create_resource
 from .export_host import ThreadRunner, wire_export
 
-__all__ = ["ProcessRunner"]
+__all__ = ["ProcessRunner", "stop_thread_runner", "within"]
 
 _WATCH_SECONDS = 0.5
 _RESTART_BACKOFF = (0.5, 30.0)
 #: Restarts that failed in a row before liveness (``/health``) fails: the orchestrator's turn.
 MAX_FAILED_STARTS = 3
 _START_TIMEOUT = 30.0
+#: Of a stop's time, what the export process keeps for exiting once its stop is done (or given up).
+_EXIT_SECONDS = 0.5
 _log = diagnostics()
+
+
+async def within(timeout: float, work: Callable[[], object], *, name: str) -> bool:
+    """Run blocking ``work`` in a daemon thread and wait ``timeout`` seconds for it at most; whether it
+    finished. Work still blocked then (a request to a collector that accepts connections but never
+    answers waits for OTEL_EXPORTER_OTLP_TIMEOUT, whatever the stop asked) is abandoned: a daemon
+    thread does not hold the process's exit."""
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, max(0.0, timeout))
+    return not thread.is_alive()
+
+
+class _OneStop:
+    """A ``ThreadRunner``'s stop (drain, last metric push, cursor), run once however many ask for it
+    (the first process's ``/stop``, SIGTERM, the first process gone): it ends at the earliest deadline
+    any of them asked for. Given up then: the cursor is saved as it stands, and what was not delivered
+    stays in the spool."""
+
+    def __init__(self, runner: ThreadRunner) -> None:
+        self._runner = runner
+        self._thread: threading.Thread | None = None
+        self._deadline = math.inf
+
+    async def __call__(self, timeout: float) -> None:
+        self._deadline = min(time.monotonic() + timeout, self._deadline)
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._stop, args=(timeout,), name="otel-export-stop", daemon=True
+            )
+            self._thread.start()
+        while self._thread.is_alive() and (left := self._deadline - time.monotonic()) > 0:
+            await asyncio.to_thread(self._thread.join, min(left, 0.1))  # a later, nearer deadline ends it
+        if self._thread.is_alive():
+            self._runner.parts.worker.save_cursor()
+
+    def _stop(self, timeout: float) -> None:
+        try:
+            asyncio.run(self._runner.stop(timeout))
+        except Exception:
+            _log.warning("export_stop_failed", exc_info=True)
+
+
+async def stop_thread_runner(runner: ThreadRunner, timeout: float) -> None:
+    """``runner.stop(timeout)``, given up after ``timeout`` seconds (it blocks while the export side's
+    metrics are pushed, up to the exporter's own timeout)."""
+    await _OneStop(runner)(timeout)
 
 
 def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
@@ -40,6 +91,7 @@ def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
     runner = ThreadRunner(parts)
     runner.start()
     stopping = threading.Event()
+    stop_runner = _OneStop(runner)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=await runner.metrics_text(), content_type="text/plain")
@@ -50,7 +102,7 @@ def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
     async def stop(request: web.Request) -> web.Response:
         timeout = float(request.query.get("timeout", "10"))
         stopping.set()
-        await runner.stop(timeout)
+        await stop_runner(timeout)
         return web.json_response(await runner.status())
 
     async def serve() -> None:
@@ -58,7 +110,8 @@ def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/status", status)
         app.router.add_post("/stop", stop)
-        web_runner = web.AppRunner(app, access_log=None)
+        # Its one client is the first process: a request of its own still open at the exit is given up.
+        web_runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
         await web_runner.setup()
         await web.UnixSite(web_runner, socket_path).start()
         os.chmod(socket_path, 0o600)  # only this user's processes may ask it to stop
@@ -67,10 +120,9 @@ def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
         parent = os.getppid()
         while not stopping.is_set() and os.getppid() == parent:
             await asyncio.sleep(0.2)
-        if runner.alive():  # orphaned or SIGTERM without /stop: flush what we can
-            await runner.stop(settings.shutdown_timeout)
-        await asyncio.sleep(0.2)  # let the /stop answer go out
-        await web_runner.cleanup()
+        # Orphaned or SIGTERM without /stop: flush what we can. After /stop: wait for that stop (once).
+        await stop_runner(settings.shutdown_timeout)
+        await web_runner.cleanup()  # lets the /stop answer go out first
 
     asyncio.run(serve())
 
@@ -178,18 +230,27 @@ class ProcessRunner:
             return {"state": "unreachable", "error": str(exc), "restarts": self._restarts}
 
     async def stop(self, timeout: float) -> None:
+        """Have the export process drain, push its metrics, save its cursor and exit, within
+        ``timeout`` seconds in all; killed if it is still running then (what it had not delivered
+        stays in the spool)."""
+        deadline = time.monotonic() + timeout
         self._stopping = True
         try:
             async with self._client().post(
-                f"http://export/stop?timeout={timeout}",
-                timeout=aiohttp.ClientTimeout(total=timeout + 5),
+                f"http://export/stop?timeout={max(0.0, timeout - _EXIT_SECONDS):.3f}",
+                timeout=aiohttp.ClientTimeout(total=max(0.01, timeout)),
             ) as response:
                 await response.read()
         except (aiohttp.ClientError, TimeoutError):
             pass
         if self._session is not None:
             await self._session.close()
-        await asyncio.to_thread(self._process.join, 10)
+        await asyncio.to_thread(self._process.join, max(0.0, deadline - time.monotonic()))
         if self._process.is_alive():
-            self._process.terminate()
-            await asyncio.to_thread(self._process.join, 5)
+            _log.warning(
+                "export_process_killed",
+                reason="not stopped within the shutdown timeout",
+                action="what it had not delivered stays in the spool",
+            )
+            self._process.kill()
+            await asyncio.to_thread(self._process.join, 1)

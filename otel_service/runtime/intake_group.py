@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -33,12 +34,23 @@ from .intake_process import run_intake_process
 from .loop import CannotListen
 from .wiring import intake_spools
 
-__all__ = ["IntakeGroup"]
+__all__ = ["IntakeGroup", "request_grace"]
 
 _MERGE_SECONDS = 0.01
 _WATCH_SECONDS = 0.5
 _START_TIMEOUT = 30.0
+#: After its requests' grace, how long an intake process has to close its shard and exit before it is
+#: killed.
+_EXIT_SECONDS = 1.0
 _log = diagnostics()
+
+
+def request_grace(settings: Settings) -> float:
+    """How long each intake process waits for its requests in progress once it stops listening: half
+    the shutdown timeout, the other half is the export side's. (aiohttp waits that long for them, then
+    at most as long again for the handlers it cancelled: an intake process is done by the deadline
+    however its clients behave.)"""
+    return settings.shutdown_timeout / 2
 
 
 def _others(settings: Settings) -> range:
@@ -53,6 +65,8 @@ class IntakeGroup:
         self._writer = writer
         #: This process's own counters.
         self.own_stats = stats
+        #: What the other processes run with: their server's shutdown timeout is the requests' grace.
+        self._child_settings = dataclasses.replace(settings, shutdown_timeout=request_grace(settings))
         self._socket = settings.spool_dir / "intake.sock"
         self._processes: dict[int, BaseProcess] = {}
         self._restarts: Counter[int] = Counter()
@@ -93,7 +107,10 @@ class IntakeGroup:
         if not len(self):
             return
         self._port = port
-        self._status_runner = web.ServerRunner(web.Server(status_handler, access_log=None))
+        # Its clients are the other intake processes, gone when it is cleaned up: no grace to give.
+        self._status_runner = web.ServerRunner(
+            web.Server(status_handler, access_log=None), shutdown_timeout=0.1
+        )
         await self._status_runner.setup()
         self._socket.unlink(missing_ok=True)
         await web.UnixSite(self._status_runner, str(self._socket)).start()
@@ -109,7 +126,7 @@ class IntakeGroup:
     def _spawn(self, index: int) -> None:
         process = get_context("spawn").Process(
             target=run_intake_process,
-            args=(self._settings, index, self._port, self._socket, os.getpid()),
+            args=(self._child_settings, index, self._port, self._socket, os.getpid()),
             name=f"otel-service-intake-{index}",
             daemon=False,
         )
@@ -157,32 +174,38 @@ class IntakeGroup:
             return 0
         return copied
 
-    async def stop(self, timeout: float) -> None:
-        """Stop the other processes (each stops listening and finishes its requests), then close the
-        status socket."""
+    async def stop(self, deadline: float) -> None:
+        """Stop the other processes (each stops listening and finishes its requests within
+        ``request_grace``), then close the status socket. A process still running then (and a moment
+        to exit), or at ``deadline`` (a ``time.monotonic()`` value), is killed: its shard keeps what
+        it accepted."""
         if self._watching is not None:
             self._watching.cancel()
         for process in self._processes.values():
             if process.is_alive():
                 process.terminate()  # SIGTERM: a graceful stop
-        deadline = time.monotonic() + timeout
+        kill_at = min(deadline, time.monotonic() + request_grace(self._settings) + _EXIT_SECONDS)
         for process in self._processes.values():
-            await asyncio.to_thread(process.join, max(0.1, deadline - time.monotonic()))
+            await asyncio.to_thread(process.join, max(0.0, kill_at - time.monotonic()))
+        for index, process in self._processes.items():
             if process.is_alive():
+                _log.warning("intake_process_killed", index=index, reason="not stopped in time")
                 process.kill()
-                await asyncio.to_thread(process.join, 5)
+        for process in self._processes.values():
+            await asyncio.to_thread(process.join, 1)
         if self._status_runner is not None:
             await self._status_runner.cleanup()
             self._socket.unlink(missing_ok=True)
 
-    async def finish_merging(self) -> None:
-        """Copy what the shards still hold (after ``stop``), then stop copying."""
+    async def finish_merging(self, deadline: float) -> None:
+        """Copy what the shards still hold (after ``stop``), until ``deadline`` (a ``time.monotonic()``
+        value) at the latest, then stop copying: what is left waits in the shards for the next start."""
         if self._merging is not None:
             self._merging.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._merging
             self._merging = None
-        while await self._merge():
+        while time.monotonic() < deadline and await self._merge():
             pass
         self.merger.close()
 
