@@ -31,9 +31,8 @@ def metrics(tmp_path: Path) -> Iterator[Metrics]:
 
 
 def make_recorder(metrics: Metrics, log: io.BytesIO, **limits: int) -> Recorder:
-    meter = metrics.provider.get_meter("otel_service.export")
     return Recorder(
-        WorkerInstruments.create(meter, metrics.histograms),
+        WorkerInstruments.create(metrics.aggregates),
         prices=load_price_table(),
         logger=EventLogger(log),
         service_name="svc",

@@ -20,12 +20,12 @@ from ..intake.handlers import Service, intake_handler, intake_routes
 from ..intake.server import create_status_handler
 from ..intake.status import Status, status_routes
 from ..spool import SpoolLocked, SpoolWriter, sync_every
+from ..spool.checkpoint import spool_identity
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from ..telemetry.providers import (
     Metrics,
     create_metrics,
     create_resource,
-    new_instance_id,
     shutdown_quietly,
 )
 from .export_host import ExportRunner, ThreadRunner, wire_export
@@ -112,8 +112,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
     service = wire_intake(  # its metrics count every intake process's events
         settings,
         writer,
-        meter=metrics.provider.get_meter("otel_service.intake", __version__),
-        histograms=metrics.histograms,
+        aggregates=metrics.aggregates,
         stats=group.own_stats,
         received=lambda: group.stats().received,
         rejected=lambda: group.stats().rejected,
@@ -165,14 +164,16 @@ def run(settings: Settings) -> int:
     children, until SIGINT or SIGTERM; 0 after a graceful stop, 2 if it cannot start."""
     configure_diagnostics(settings.log_level, "intake-0")
     log = diagnostics()
-    instance_id = new_instance_id()
-    resource = create_resource(settings, instance_id)
-    intake_metrics = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
+    identity = spool_identity(settings.spool_dir)  # every process reports under the spool's identity
+    resource = create_resource(settings, identity.instance_id)
+    intake_metrics = create_metrics(
+        settings, resource, scope="otel_service.intake", start_ns=identity.start_ns, target_info=False
+    )
     runner: ExportRunner
     if settings.export_mode == "thread":
-        runner = ThreadRunner(wire_export(settings, resource))
+        runner = ThreadRunner(wire_export(settings, identity=identity))
     else:
-        runner = ProcessRunner(settings, instance_id)
+        runner = ProcessRunner(settings)
     try:
         app = create_app(settings, runner=runner, metrics=intake_metrics)
     except SpoolLocked as exc:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opentelemetry.metrics import Meter
-
 from ..config import Settings
 from ..intake.accept import Intake, IntakeStats
 from ..intake.connections import ConnectionLimits
@@ -18,7 +16,7 @@ from ..intake.handlers import Service
 from ..spool import SpoolWriter
 from ..spool.commit import GroupCommit
 from ..spool.shards import shard_dir, shard_dirs
-from ..telemetry.histograms import HistogramSet
+from ..telemetry.aggregates import Aggregates
 from ..telemetry.instruments import IntakeInstruments
 
 __all__ = ["connection_limits", "intake_spools", "wire_intake"]
@@ -45,8 +43,7 @@ def wire_intake(
     settings: Settings,
     writer: SpoolWriter,
     *,
-    meter: Meter,
-    histograms: HistogramSet,
+    aggregates: Aggregates,
     stats: IntakeStats | None = None,
     received: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     rejected: Callable[[], Mapping[tuple[str, str], int]] | None = None,
@@ -64,11 +61,10 @@ def wire_intake(
     )
     counts = intake.stats
     instruments = IntakeInstruments.create(
-        meter,
-        histograms,
+        aggregates,
         received=received or (lambda: counts.received),
         rejected=rejected or (lambda: counts.rejected),
         shards=shards,
     )
     commit = GroupCommit(writer.sync) if settings.spool_fsync == "always" else None
-    return Service(settings, intake, instruments, histograms, commit=commit)
+    return Service(settings, intake, instruments, aggregates, commit=commit)

@@ -29,6 +29,13 @@ class LabelGuard:
         self.overflowed += 1
         return OVERFLOW_VALUE
 
+    def dump(self) -> list[str]:
+        return sorted(self.seen)
+
+    def restore(self, dumped: list[str]) -> None:
+        """Admit again the values a predecessor admitted (their series carry on)."""
+        self.seen = {str(value) for value in dumped}
+
     def take_overflow(self) -> int:
         count, self.overflowed = self.overflowed, 0
         return count

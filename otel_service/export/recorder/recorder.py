@@ -80,6 +80,16 @@ class Recorder:
         )
         self._timestamp = _Timestamps()
 
+    def guards_state(self) -> dict[str, Any]:
+        """Which values each label guard admitted (saved with the metric totals)."""
+        return {name: guard.dump() for name, guard in self._plans.guards.items()}
+
+    def restore_guards(self, state: dict[str, Any]) -> None:
+        for name, dumped in state.items():
+            guard = self._plans.guards.get(name)
+            if guard is not None:
+                guard.restore(dumped)
+
     def record(self, envelopes: Sequence[Envelope], *, replay: int = 0, counted: int = 0) -> Recorded:
         """Record the metrics of all but the first ``counted`` envelopes, and emit (log line, span,
         OTLP log record) all but the first ``replay`` — the prefixes a restart had already done."""
