@@ -102,13 +102,14 @@ class App:
             self.runner.stop(timeout),
             asyncio.to_thread(shutdown_quietly, self._metrics.provider, timeout),
         )
+        self.group.own_stats.close()
 
 
 def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) -> App:
     """The sidecar's HTTP side. ``runner`` hosts the export side; ``metrics`` carries the intake's own
     metrics (``App.stop`` shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
-    group = IntakeGroup(settings, writer, IntakeStats())
+    group = IntakeGroup(settings, writer, IntakeStats.durable(settings.spool_dir))
     service = wire_intake(  # its metrics count every intake process's events
         settings,
         writer,

@@ -59,7 +59,9 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
         settings,
         writer,
         aggregates=aggregates,
-        stats=IntakeStats.load(previous["stats"]) if previous else IntakeStats(),
+        stats=IntakeStats.durable(
+            writer.directory, IntakeStats.load(previous["stats"]) if previous else None
+        ),
     )
     stats, instruments = service.intake.stats, service.instruments
     if previous:
@@ -97,4 +99,5 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
             syncing.cancel()
         writer.close()
         publish_counters()
+        stats.close()
         await forwarder.close()
