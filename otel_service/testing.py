@@ -197,9 +197,9 @@ class OtlpReceiver:
                 for record in scope_logs.log_records
             ]
 
-    def metric_identities(self) -> set[tuple[str, int]]:
-        """Every (``service.instance.id``, series start time) that sent a metric point: one per
-        continuous series."""
+    def metric_identities(self, *names: str) -> set[tuple[str, int]]:
+        """Every (``service.instance.id``, series start time) that sent a point of the metrics
+        ``names``: one per continuous series."""
         found: set[tuple[str, int]] = set()
         with self._lock:
             for request in self.requests["metrics"]:
@@ -212,7 +212,7 @@ class OtlpReceiver:
                     for scope_metrics in resource_metrics.scope_metrics:
                         for metric in scope_metrics.metrics:
                             kind = metric.WhichOneof("data")
-                            if kind not in ("sum", "histogram"):
+                            if metric.name not in names or kind not in ("sum", "histogram"):
                                 continue
                             for point in getattr(metric, kind).data_points:
                                 found.add((instance, point.start_time_unix_nano))

@@ -111,9 +111,7 @@ async def start_in_process(settings: Settings, log: io.BytesIO) -> tuple[App, Th
     identity = Identity("test-instance", time.time_ns())
     resource = create_resource(settings, identity.instance_id)
     runner = ThreadRunner(wire_export(settings, identity=identity, log_stream=log))
-    intake = create_metrics(
-        settings, resource, scope="otel_service.intake", start_ns=identity.start_ns, target_info=False
-    )
+    intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     app = create_app(settings, runner=runner, metrics=intake)
     await app.start()
     return app, runner

@@ -281,7 +281,7 @@ def test_kill_9_mid_load_then_restart_loses_nothing(receiver: OtlpReceiver, tmp_
     assert len({r.span_id for r in receiver.logs()}) == owned
     # Metric totals are restored from the checkpoint and continue the same series: exact.
     assert receiver.metric_total(DURATION) == owned
-    assert len(receiver.metric_identities()) == 1
+    assert len(receiver.metric_identities(DURATION, "ai_requests")) == 1
     assert export["dropped"] == {}
     # The batch in flight at the kill is sent again: it may or may not have arrived the first time.
     assert owned <= len(receiver.spans()) <= owned + export["possible_duplicates"]
@@ -422,7 +422,8 @@ def test_twenty_kill_9s_of_any_process_under_load_keep_metric_totals_exact(
     assert receiver.metric_total("ai_requests") == owned
     assert receiver.metric_total(DURATION) == owned
     assert receiver.metric_total("ai_tokens_used") == 5 * owned
-    assert len(receiver.metric_identities()) == 1  # one continuous series through every restart
+    # One continuous series through every restart, for the events' metrics and the intake's counts.
+    assert len(receiver.metric_identities("ai_requests", DURATION, "otel_service.events.received")) == 1
     # Intake counts survive their process's kill -9 (counted before the answer, so a request cut
     # short at a kill may be counted without being acknowledged, never the other way round).
     assert accepted <= receiver.metric_total("otel_service.events.received") <= owned

@@ -118,6 +118,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         received=lambda: group.stats().received,
         rejected=lambda: group.stats().rejected,
         shards=group.shard_counts,
+        counted_since=spool_identity(settings.spool_dir).start_ns,  # the counts carry on
     )
     if len(group):  # one request-duration series per attribute set, whichever process served it
         service.instruments.request_duration.peers = group.published_durations
@@ -167,9 +168,7 @@ def run(settings: Settings) -> int:
     log = diagnostics()
     identity = spool_identity(settings.spool_dir)  # every process reports under the spool's identity
     resource = create_resource(settings, identity.instance_id)
-    intake_metrics = create_metrics(
-        settings, resource, scope="otel_service.intake", start_ns=identity.start_ns, target_info=False
-    )
+    intake_metrics = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     runner: ExportRunner
     if settings.export_mode == "thread":
         runner = ThreadRunner(wire_export(settings, identity=identity))

@@ -48,6 +48,7 @@ def wire_intake(
     received: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     rejected: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     shards: Callable[[], Mapping[str, int]] = dict,
+    counted_since: int | None = None,
 ) -> Service:
     """One intake process's endpoints over ``writer``: validation, the bounded spool, the fsync
     policy and the intake metrics (observed from ``received``/``rejected``: by default this process's
@@ -65,6 +66,7 @@ def wire_intake(
         received=received or (lambda: counts.received),
         rejected=rejected or (lambda: counts.rejected),
         shards=shards,
+        counted_since=counted_since,
     )
     commit = GroupCommit(writer.sync) if settings.spool_fsync == "always" else None
     return Service(settings, intake, instruments, aggregates, commit=commit)

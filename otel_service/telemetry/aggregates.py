@@ -105,12 +105,15 @@ class _Observed:
         description: str,
         labels: tuple[str, ...],
         source: Callable[[], Mapping[tuple[Any, ...], int | float]],
+        start_ns: int | None,
     ) -> None:
         self.name, self.unit, self.description = name, unit, description
         self._labels = labels
         self._source = source
+        self._start_ns = start_ns
 
     def metric(self, start_ns: int, now_ns: int) -> Metric | None:
+        start_ns = start_ns if self._start_ns is None else self._start_ns
         points = {tuple(zip(self._labels, key, strict=True)): value for key, value in self._source().items()}
         return _sum_metric(self.name, self.unit, self.description, points, start_ns, now_ns)
 
@@ -155,9 +158,11 @@ class Aggregates:
         *,
         unit: str,
         description: str,
+        start_ns: int | None = None,
     ) -> None:
-        """A cumulative counter read from ``source()`` at collection time, with this set's start time."""
-        self._observed.append(_Observed(name, unit, description, labels, source))
+        """A cumulative counter read from ``source()`` at collection time, whose series start at
+        ``start_ns`` (default: this set's start)."""
+        self._observed.append(_Observed(name, unit, description, labels, source, start_ns))
 
     def keep(self, name: str, dump: Callable[[], Any], restore: Callable[[Any], None]) -> None:
         """State that must carry on with the totals (which label values the guards admitted): saved

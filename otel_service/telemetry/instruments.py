@@ -279,13 +279,17 @@ class IntakeInstruments:
         received: Callable[[], Mapping[tuple[str, str], int]],
         rejected: Callable[[], Mapping[tuple[str, str], int]],
         shards: Callable[[], Mapping[str, int]] = dict,
+        counted_since: int | None = None,
     ) -> IntakeInstruments:
+        """``counted_since``: when the event counts started (they carry on across restarts: the
+        spool's start); the other series start with this process."""
         aggregates.observe_counter(
             "otel_service.events.received",
             ("endpoint", "kind"),
             received,
             unit="{event}",
             description="Events accepted by intake (202), by endpoint and kind.",
+            start_ns=counted_since,
         )
         aggregates.observe_counter(
             "otel_service.events.rejected",
@@ -293,6 +297,7 @@ class IntakeInstruments:
             rejected,
             unit="{event}",
             description="Events or requests refused by intake, by endpoint and reason.",
+            start_ns=counted_since,
         )
         aggregates.observe_counter(
             "otel_service.intake.shard.records",
