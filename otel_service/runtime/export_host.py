@@ -68,6 +68,8 @@ def wire_export(
         default_provider=settings.default_provider,
         max_tenants=settings.max_tenants,
         max_label_values=settings.max_label_values,
+        kept_labels={"business_id": settings.keep_tenants, "model": settings.keep_models},
+        label_idle_seconds=settings.label_idle_seconds,
     )
     metrics.aggregates.keep("label_guards", recorder.guards_state, recorder.restore_guards)
     sender = sender or (

@@ -26,7 +26,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .histograms import OVERFLOW_KEY, FastHistogram, Key
+from .histograms import OVERFLOW_KEY, FastHistogram, Key, fold_keys
 
 __all__ = ["Aggregates", "FastCounter"]
 
@@ -56,6 +56,11 @@ class FastCounter:
                 key = OVERFLOW_KEY
             points.setdefault(key, 0)
         points[key] += amount
+
+    def fold(self, attributes: frozenset[str], values: frozenset[str]) -> None:
+        """Merge every series whose ``attributes`` hold one of ``values`` into its ``_OTHER`` series."""
+        for key, total in fold_keys(self._points, attributes, values):
+            self._points[key] = self._points.get(key, 0) + total
 
     def value(self, attributes: Mapping[str, Any] | None = None) -> int | float:
         """The total of one attribute set (tests, diagnostics)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
@@ -24,7 +24,11 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
 )
 
-__all__ = ["OVERFLOW_KEY", "FastHistogram", "Key"]
+from .cardinality import OVERFLOW_VALUE
+
+__all__ = ["OVERFLOW_KEY", "FastHistogram", "Key", "fold_keys"]
+
+_T = TypeVar("_T")
 
 #: An attribute set as its items tuple.
 Key = tuple[tuple[str, Any], ...]
@@ -72,6 +76,24 @@ def _loaded(dumped: Sequence[Any]) -> Iterator[tuple[Key, _Point]]:
         yield tuple((str(name), value) for name, value in key), _Point.load(point)
 
 
+def fold_keys(
+    points: dict[Key, _T], attributes: frozenset[str], values: frozenset[str]
+) -> list[tuple[Key, _T]]:
+    """Remove from ``points`` the series whose ``attributes`` hold one of ``values``; each, with its
+    key as it reads with ``_OTHER`` in their place."""
+    found = [key for key in points if any(name in attributes and value in values for name, value in key)]
+    return [
+        (
+            tuple(
+                (name, OVERFLOW_VALUE if name in attributes and value in values else value)
+                for name, value in key
+            ),
+            points.pop(key),
+        )
+        for key in found
+    ]
+
+
 class FastHistogram:
     """One histogram instrument. Not thread-safe: its ``Aggregates`` lock guards record and read."""
 
@@ -95,6 +117,13 @@ class FastHistogram:
     def restore(self, dumped: Sequence[Any]) -> None:
         """Continue from a ``dump()`` (a restarted process carrying on its predecessor's counts)."""
         self._points = dict(_loaded(dumped))
+
+    def fold(self, attributes: frozenset[str], values: frozenset[str]) -> None:
+        """Merge every series whose ``attributes`` hold one of ``values`` into the series with
+        ``_OTHER`` there instead (values aged out of a label guard: totals stay whole)."""
+        for key, point in fold_keys(self._points, attributes, values):
+            other = self._points.get(key)
+            self._points[key] = point if other is None else other.plus(point)
 
     def _merged_points(self) -> dict[Key, _Point]:
         if self.peers is None:

@@ -10,7 +10,7 @@ Length: one declaration per instrument (about forty), kept together so the catal
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from opentelemetry.metrics import Meter, Observation
@@ -93,11 +93,18 @@ class WorkerInstruments:
     feedback: FastCounter
     processed: FastCounter
     label_overflow: FastCounter
+    label_aged_out: FastCounter
     export_items: FastCounter
     retries: FastCounter
     replayed: FastCounter
     duplicates: FastCounter
     dropped: FastCounter
+
+    def fold(self, attributes: frozenset[str], values: frozenset[str]) -> None:
+        """Merge the series whose ``attributes`` hold one of ``values`` into their ``_OTHER`` series,
+        in every instrument (the caller holds their lock)."""
+        for instrument in fields(self):
+            getattr(self, instrument.name).fold(attributes, values)
 
     @classmethod
     def create(cls, aggregates: Aggregates) -> WorkerInstruments:
@@ -167,6 +174,12 @@ class WorkerInstruments:
                 unit="{value}",
                 description="Metric attribute values replaced by _OTHER because the attribute's "
                 "cardinality cap was reached.",
+            ),
+            label_aged_out=counter(
+                "otel_service.attribute.aged_out",
+                unit="{value}",
+                description="Metric attribute values that gave their place up after going unseen "
+                "(their series were merged into the attribute's _OTHER series, so totals stay whole).",
             ),
             export_items=counter(
                 "otel_service.export.items",
