@@ -240,6 +240,7 @@ class ExportWorker:
             return len(payloads)
         if plan.resent:
             self._observer.duplicates("traces_and_logs", plan.resent)
+            self.checkpoint()  # the count is on disk before the resend goes out
         self._progress.hand_over(ends[-1])
         self.save_cursor()
         batch = Batch(
