@@ -333,6 +333,28 @@ class Settings:
     max_label_values: int = _setting(
         "OTELSVC_MAX_LABEL_VALUES", 200, "distinct values per other metric label", parse=_integer(1)
     )
+    label_idle_seconds: float = _setting(
+        "OTELSVC_LABEL_IDLE_SECONDS",
+        3600.0,
+        "seconds unseen after which a tenant, model or other label value gives its place up to a new "
+        "value once the cap is reached (its series merge into _OTHER, so totals stay whole); 0 = never",
+        parse=_seconds(0),
+        shown="3600",
+    )
+    keep_tenants: tuple[str, ...] = _setting(
+        "OTELSVC_KEEP_TENANTS",
+        (),
+        "comma-separated business_id values always kept as labels (beyond the cap, never aged out)",
+        parse=_items,
+        shown="none",
+    )
+    keep_models: tuple[str, ...] = _setting(
+        "OTELSVC_KEEP_MODELS",
+        (),
+        "comma-separated model names always kept as labels (beyond the cap, never aged out)",
+        parse=_items,
+        shown="none",
+    )
     cardinality_limit: int = _setting(
         "OTELSVC_CARDINALITY_LIMIT",
         2000,

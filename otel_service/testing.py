@@ -197,6 +197,27 @@ class OtlpReceiver:
                 for record in scope_logs.log_records
             ]
 
+    def metric_identities(self, *names: str) -> set[tuple[str, int]]:
+        """Every (``service.instance.id``, series start time) that sent a point of the metrics
+        ``names``: one per continuous series."""
+        found: set[tuple[str, int]] = set()
+        with self._lock:
+            for request in self.requests["metrics"]:
+                for resource_metrics in request.resource_metrics:
+                    instance = next(
+                        (kv.value.string_value for kv in resource_metrics.resource.attributes
+                         if kv.key == "service.instance.id"),
+                        "",
+                    )  # fmt: skip
+                    for scope_metrics in resource_metrics.scope_metrics:
+                        for metric in scope_metrics.metrics:
+                            kind = metric.WhichOneof("data")
+                            if metric.name not in names or kind not in ("sum", "histogram"):
+                                continue
+                            for point in getattr(metric, kind).data_points:
+                                found.add((instance, point.start_time_unix_nano))
+        return found
+
     def metric_total(self, name: str) -> float:
         """The total of a cumulative metric across sidecar restarts: for each instance
         (``service.instance.id``), the sum over attribute sets of its last exported value

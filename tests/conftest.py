@@ -24,6 +24,7 @@ from otel_service.config import Settings
 from otel_service.model.events import Event
 from otel_service.runtime.app import SERVER_OPTIONS, App, create_app
 from otel_service.runtime.export_host import ThreadRunner, wire_export
+from otel_service.spool.checkpoint import Identity
 from otel_service.spool.record import Envelope
 from otel_service.telemetry.providers import create_metrics, create_resource
 from otel_service.testing import OtlpReceiver
@@ -67,7 +68,7 @@ class Harness:
         return self.runner.parts.worker.wait_idle(timeout)
 
     def metrics(self) -> MetricsData:
-        """What the exporter's reader would export now: SDK instruments and in-process histograms."""
+        """What the exporter's reader would export now (SDK and in-process instruments)."""
         data = self.runner.parts.metrics.reader.snapshot()
         assert data is not None
         return data
@@ -107,8 +108,9 @@ def envelope(n: int, **event: Any) -> Envelope:
 async def start_in_process(settings: Settings, log: io.BytesIO) -> tuple[App, ThreadRunner]:
     """The app wired as in production, with export in a thread writing its log lines to ``log``;
     started (the caller stops it)."""
-    resource = create_resource(settings, "test-instance")
-    runner = ThreadRunner(wire_export(settings, resource, log_stream=log))
+    identity = Identity("test-instance", time.time_ns())
+    resource = create_resource(settings, identity.instance_id)
+    runner = ThreadRunner(wire_export(settings, identity=identity, log_stream=log))
     intake = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     app = create_app(settings, runner=runner, metrics=intake)
     await app.start()

@@ -17,7 +17,6 @@ from otel_service.export.worker import ExportWorker
 from otel_service.runtime.export_host import wire_export
 from otel_service.spool import SpoolWriter, end_position
 from otel_service.spool.record import encode_envelope
-from otel_service.telemetry.providers import create_resource
 
 from .conftest import envelope
 
@@ -64,7 +63,7 @@ def _worker(spool: Path, records: int, sender: Sender, log: io.BytesIO) -> Expor
             "OTEL_BSP_SCHEDULE_DELAY": "0",
         }
     )
-    return wire_export(settings, create_resource(settings, "t"), log_stream=log, sender=sender).worker
+    return wire_export(settings, log_stream=log, sender=sender).worker
 
 
 def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_spool_order(
@@ -78,7 +77,7 @@ def test_the_next_batch_is_recorded_while_one_is_being_sent_and_delivery_keeps_s
     thread.start()
     try:
         end = end_position(tmp_path)
-        assert _wait(lambda: worker.metrics_checkpoint() >= end)  # both batches recorded...
+        assert _wait(lambda: worker.recorded_to() >= end)  # both batches recorded...
         assert sender.sent == []  # ...while the first is still unanswered
         assert log.getvalue().count(b"\n") == 8
         assert not worker.caught_up()

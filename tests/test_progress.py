@@ -12,46 +12,43 @@ P = [Position(1, offset) for offset in range(0, 600, 100)]  # P[0] < P[1] < ... 
 
 def test_a_new_spool_plans_nothing_again() -> None:
     """From an empty cursor every record is counted and sent for the first time."""
-    progress = Progress(Cursor.at(P[0]), metrics_pushed=True)
-    assert progress.plan(P[1:4], sending=True) == BatchPlan(counted=0, replay=0, recounted=0, resent=0)
+    progress = Progress(Cursor.at(P[0]), checkpoint=P[0])
+    assert progress.plan(P[1:4], sending=True) == BatchPlan(counted=0, replay=0, resent=0)
 
 
 def test_after_a_restart_the_saved_cursor_splits_the_batch_into_prefixes() -> None:
-    """Delivered: replayed; pushed: not counted; in flight at the crash: possible duplicates."""
-    cursor = Cursor(delivered=P[2], metrics=P[1], inflight=P[3], metrics_inflight=P[2])
-    progress = Progress(cursor, metrics_pushed=True)
-    assert progress.plan(P[1:6], sending=True) == BatchPlan(counted=1, replay=2, recounted=1, resent=1)
+    """Delivered: not sent again; in the checkpoint: not counted again; in flight: possible duplicates."""
+    cursor = Cursor(delivered=P[2], metrics=P[1], inflight=P[3])
+    progress = Progress(cursor, checkpoint=P[1])
+    assert progress.plan(P[1:6], sending=True) == BatchPlan(counted=1, replay=2, resent=1)
     assert progress.plan(P[1:6], sending=False).resent == 0
 
 
-def test_the_committed_position_waits_for_delivery_and_a_metric_push() -> None:
-    """committed = min(delivered, metrics): a batch delivered but not yet pushed stays in the spool."""
-    progress = Progress(Cursor.at(P[0]), metrics_pushed=True)
+def test_the_checkpoint_not_the_cursor_says_what_was_counted() -> None:
+    """A checkpoint saved after the cursor (a crash between the two) is what the totals hold."""
+    progress = Progress(Cursor(delivered=P[1], metrics=P[1], inflight=P[1]), checkpoint=P[3])
+    assert progress.plan(P[1:6], sending=True).counted == 3
+
+
+def test_the_committed_position_waits_for_delivery_and_a_checkpoint() -> None:
+    """committed = min(delivered, metrics): a batch delivered but not in a checkpoint stays in the spool."""
+    progress = Progress(Cursor.at(P[0]), checkpoint=P[0])
     progress.record(P[2])
     progress.hand_over(P[2])
-    assert progress.cursor() == Cursor(P[0], P[0], P[2], P[0])
+    assert progress.cursor() == Cursor(P[0], P[0], P[2])
     progress.deliver(P[2])
     assert progress.cursor().committed == P[0]
-    progress.push(P[2])
-    assert progress.cursor() == Cursor(P[2], P[0], P[2], P[2])
-    progress.pushed(P[2])
+    progress.checkpointed(P[2])
+    assert progress.cursor() == Cursor(P[2], P[2], P[2])
     assert progress.cursor().committed == P[2]
     assert progress.caught_up(P[2])
     assert not progress.caught_up(P[3])
 
 
-def test_without_pushes_recorded_metrics_count_as_done() -> None:
-    """Pull only (no OTLP endpoint): metrics are done once recorded."""
-    progress = Progress(Cursor.at(P[0]), metrics_pushed=False)
-    progress.record(P[3])
-    progress.deliver(P[3])
-    assert progress.cursor().committed == P[3]
-
-
-@pytest.mark.parametrize("move", ["deliver", "hand_over", "push", "pushed"])
+@pytest.mark.parametrize("move", ["deliver", "hand_over", "checkpointed"])
 def test_positions_never_move_back(move: str) -> None:
     """A late report of an earlier position leaves the cursor where it is."""
-    progress = Progress(Cursor.at(P[0]), metrics_pushed=True)
+    progress = Progress(Cursor.at(P[0]), checkpoint=P[0])
     progress.record(P[4])
     getattr(progress, move)(P[4])
     before = progress.cursor()

@@ -42,7 +42,7 @@ def observer(tmp_path: Path) -> Iterator[Observer]:
     metrics: Metrics = create_metrics(settings, create_resource(settings, "t"), scope="otel_service.export")
     yield Observer(
         ExportStatus(enabled=True),
-        WorkerInstruments.create(metrics.provider.get_meter("t"), metrics.histograms),
+        WorkerInstruments.create(metrics.aggregates),
     )
     shutdown_quietly(metrics.provider, 1.0)
 

@@ -50,7 +50,6 @@ class ExportStatus:
     retries: int = 0
     replayed: int = 0
     duplicates: int = 0
-    metric_duplicates: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     last_success: float | None = None
     last_error: str | None = None
@@ -67,7 +66,6 @@ class ExportStatus:
             "retries": self.retries,
             "replayed": self.replayed,
             "possible_duplicates": self.duplicates,
-            "possible_metric_duplicates": self.metric_duplicates,
             "dropped": dict(self.dropped),
             "last_success": self.last_success,
             "last_error": self.last_error,
@@ -120,12 +118,10 @@ class Observer:
         self._m.replayed.add(count)
 
     def duplicates(self, signal: str, count: int) -> None:
-        """``count`` items may reach the collector twice: records replayed after a restart (``signal``:
-        metrics, or traces_and_logs), or spans or log records sent again after a timeout (traces, logs)."""
-        if signal == "metrics":
-            self.status.metric_duplicates += count
-        else:
-            self.status.duplicates += count
+        """``count`` items may reach the collector twice: records sent again after a restart
+        (``signal``: traces_and_logs), or spans or log records sent again after a timeout (traces, logs).
+        Metrics never are: their totals are restored from the checkpoint, not counted again."""
+        self.status.duplicates += count
         self._m.duplicates.add(count, {"signal": signal})
 
 

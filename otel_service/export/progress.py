@@ -1,20 +1,21 @@
 """Where the export side stands in the spool: every cursor position and the rules between them.
 
 Pure: no threads, no I/O. The worker holds one ``Progress``, moves it as batches are recorded, handed
-over and delivered and as metric pushes go out, and persists ``cursor()``::
+over and delivered and as metric checkpoints are saved, and persists ``cursor()``::
 
     spool:  | done ...... |committed| replayed after a restart ...... |recorded| read next ... |end
-                           \\_ min(delivered, metrics)                          \\_ metrics checkpoint
+                           \\_ min(delivered, metrics)
     delivered        spans and logs the collector accepted, up to here
     inflight         the end of the last batch handed to delivery (>= delivered)
     recorded         the end of the last batch recorded (its metrics measured, its span and log built)
-    metrics_done     the checkpoint of the last metric push that succeeded
-    metrics_pushing  the checkpoint of the push under way (>= metrics_done)
+    metrics          the position of the last metric checkpoint saved: the cumulative totals of every
+                     event before it are on disk (``spool.checkpoint``)
 
-After a restart the saved cursor splits what is read again into prefixes: records before
-``delivered`` are replayed into the metrics only; before the saved ``metrics`` they are not counted
-again; up to the saved ``inflight`` / ``metrics_inflight`` they may have gone out just before the
-crash, so they are sent (counted) again and reported as possible duplicates.
+After a restart the totals are restored from the checkpoint and what is read again splits into
+prefixes: records before ``delivered`` are not sent again; before ``metrics`` they are not counted
+again (so every event is counted exactly once, whatever was pushed before the crash); up to the saved
+``inflight`` they may have gone out just before the crash, so they are sent again and reported as
+possible duplicates.
 """
 
 from __future__ import annotations
@@ -31,12 +32,10 @@ __all__ = ["BatchPlan", "Progress"]
 class BatchPlan:
     """What to do with a batch read after a restart, as counts of its leading records."""
 
-    #: Records whose metrics a push before the restart exported: not counted again.
+    #: Records whose metrics the restored checkpoint holds: not counted again.
     counted: int
     #: Records whose spans and logs were delivered before the restart: not sent again.
     replay: int
-    #: Records counted again that a push under way at the crash may have counted: possible duplicates.
-    recounted: int
     #: Records sent again that were being sent at the crash: possible duplicates.
     resent: int
 
@@ -44,37 +43,23 @@ class BatchPlan:
 class Progress:
     """The export side's positions in one spool; see the module docstring for the diagram."""
 
-    __slots__ = (
-        "_maybe_counted",
-        "_metrics_before_start",
-        "delivered",
-        "inflight",
-        "metrics_done",
-        "metrics_pushed",
-        "metrics_pushing",
-        "recorded",
-    )
+    __slots__ = ("_counted_before_start", "delivered", "inflight", "metrics", "recorded")
 
-    def __init__(self, cursor: Cursor, *, metrics_pushed: bool) -> None:
-        """Start from a saved ``cursor``. ``metrics_pushed``: metrics count as done only once an OTLP
-        push covered them; without a push (pull only), as soon as they are recorded."""
-        self.metrics_pushed = metrics_pushed
+    def __init__(self, cursor: Cursor, *, checkpoint: Position) -> None:
+        """Start from a saved ``cursor`` and the position of the restored metric ``checkpoint``."""
         self.delivered = cursor.delivered
         self.inflight = cursor.inflight
         self.recorded = cursor.committed
-        self.metrics_done = cursor.metrics
-        self.metrics_pushing = cursor.metrics
-        self._metrics_before_start = cursor.metrics
-        self._maybe_counted = cursor.metrics_inflight
+        self.metrics = checkpoint
+        self._counted_before_start = checkpoint
 
     def plan(self, ends: Sequence[Position], *, sending: bool) -> BatchPlan:
         """How to treat the records ending at ``ends`` (in spool order); ``sending``: spans and logs
         are exported (else only metrics are)."""
-        counted = sum(1 for end in ends if end <= self._metrics_before_start)
+        counted = sum(1 for end in ends if end <= self._counted_before_start)
         replay = sum(1 for end in ends if end <= self.delivered)
-        recounted = sum(1 for end in ends[counted:] if end <= self._maybe_counted)
         resent = sum(1 for end in ends[replay:] if end <= self.inflight) if sending else 0
-        return BatchPlan(counted, replay, recounted, resent)
+        return BatchPlan(counted, replay, resent)
 
     def record(self, end: Position) -> None:
         """A batch up to ``end`` was recorded."""
@@ -88,13 +73,9 @@ class Progress:
         """A batch up to ``end`` was delivered (or has nothing to send)."""
         self.delivered = max(self.delivered, end)
 
-    def push(self, checkpoint: Position) -> None:
-        """A metric push covering everything before ``checkpoint`` is about to be sent."""
-        self.metrics_pushing = max(self.metrics_pushing, checkpoint)
-
-    def pushed(self, checkpoint: Position) -> None:
-        """A metric push covering everything before ``checkpoint`` succeeded."""
-        self.metrics_done = max(self.metrics_done, checkpoint)
+    def checkpointed(self, position: Position) -> None:
+        """The totals of every event before ``position`` were saved."""
+        self.metrics = max(self.metrics, position)
 
     def caught_up(self, end: Position) -> bool:
         """Everything before ``end`` (the spool's end) is recorded and delivered."""
@@ -102,10 +83,4 @@ class Progress:
 
     def cursor(self) -> Cursor:
         """What to persist: ``committed`` = min(delivered, metrics) frees the segments before it."""
-        metrics = self.metrics_done if self.metrics_pushed else max(self.metrics_done, self.recorded)
-        return Cursor(
-            self.delivered,
-            metrics,
-            max(self.delivered, self.inflight),
-            max(metrics, self.metrics_pushing),
-        )
+        return Cursor(self.delivered, self.metrics, max(self.delivered, self.inflight))

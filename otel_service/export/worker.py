@@ -1,62 +1,55 @@
 """The export worker's loop: read a batch from the spool, record its telemetry, hand it to delivery,
 persist how far it got.
 
-It runs off the request path (a thread, or a child process in production). Delivery is at-least-once:
-the spool's committed cursor moves past an event only once its spans and logs are delivered *and* a
-metric push that includes its contributions succeeded, so a crash loses nothing (``progress`` has the
-positions and the rules; ``delivery`` the sending, retries and accounting).
+It runs off the request path (a thread, or a child process in production). Spans and logs are
+delivered at least once: the spool's committed cursor moves past an event only once they are delivered
+*and* its metric contributions are in a saved checkpoint. Metrics are exact: every push or scrape first
+saves the totals it exposes with the position they cover (``checkpoint``), and a restart restores them
+and counts only what comes after (``progress`` has the positions and the rules; ``delivery`` the
+sending, retries and accounting).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import msgspec
 
 from .._version import __version__
+from ..spool.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from ..spool.cursor import Position
-from ..spool.directory import count_records, end_position, stats
+from ..spool.directory import end_position, stats
 from ..spool.reader import SpoolReader
 from ..spool.record import Envelope, decode_envelope
 from ..telemetry.instruments import WorkerInstruments
+from ..telemetry.logs import diagnostics
 from . import otlp
+from .backlog import Backlog
 from .delivery import Batch, DeliveryThread, ExportStatus, Observer, RetryingSender
 from .progress import Progress
 from .recorder import Recorder
 from .sender import Sender
 
-__all__ = ["ExportStatus", "ExportWorker"]
+__all__ = ["ExportStatus", "ExportWorker", "MetricState"]
 
 _POLL_SECONDS = 0.005
+#: How often the metric totals are saved when nothing exposed them meanwhile (what a restart
+#: replays, and how long recorded events keep their segment).
+CHECKPOINT_SECONDS = 1.0
 
 
-class _Backlog:
-    """Accepted events whose spans and logs are not delivered yet, counted incrementally: frames are
-    counted only in the bytes appended since the last look."""
+class MetricState(Protocol):
+    """The cumulative totals the export side records (``telemetry.aggregates.Aggregates``)."""
 
-    def __init__(self, directory: Path, delivered: Position) -> None:
-        self._directory = directory
-        self._queued = 0
-        self._counted_to = delivered
-        self._lock = threading.Lock()
+    @property
+    def lock(self) -> threading.RLock: ...
 
-    def count(self) -> int:
-        with self._lock:
-            added, self._counted_to = count_records(self._directory, self._counted_to)
-            self._queued += added
-            return self._queued
+    def dump(self) -> dict[str, Any]: ...
 
-    def delivered(self, end: Position, records: int) -> None:
-        """``records`` before ``end`` were delivered: the count stays that of [delivered, counted_to)."""
-        with self._lock:
-            if end <= self._counted_to:
-                self._queued -= records
-            else:
-                self._queued, self._counted_to = 0, end
+    def restore(self, dumped: Mapping[str, Any]) -> None: ...
 
 
 class ExportWorker:
@@ -70,13 +63,13 @@ class ExportWorker:
         *,
         sender: Sender | None,
         resource: bytes,
+        metric_state: MetricState,
         batch_size: int = 512,
         linger: float = 0.0,
-        metrics_pushed: bool = False,
-        metrics_lock: threading.RLock | None = None,
         pressing: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``pressing``: whether the backlog is near its bound (retries then probe sooner)."""
+        """``metric_state``: the totals to restore and checkpoint (restored here, from the spool's
+        checkpoint); ``pressing``: whether the backlog is near its bound (retries then probe sooner)."""
         self._reader = reader
         self._recorder = recorder
         self._resource = resource
@@ -87,13 +80,18 @@ class ExportWorker:
         self._linger = linger
         self.status = ExportStatus(enabled=sender is not None)
         self._observer = Observer(self.status, instruments)
-        self._progress = Progress(reader.cursor, metrics_pushed=metrics_pushed)
-        self._backlog = _Backlog(reader.directory, reader.cursor.delivered)
+        self._state = metric_state
+        self._progress = Progress(reader.cursor, checkpoint=self._restore(reader.cursor.metrics))
+        #: Held while a checkpoint is taken and saved (taken in order, saved in order).
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint_failing = False
+        self._backlog = Backlog(reader.directory, reader.cursor.delivered)
         self._stop = threading.Event()
         self._deadline: float | None = None
-        #: Held while recording a batch, and by the metric reader while it collects for a push, so
-        #: a push's checkpoint covers exactly the events recorded before it.
-        self.metrics_lock = metrics_lock if metrics_lock is not None else threading.RLock()
+        #: Held while recording a batch, and while a checkpoint is taken, so a checkpoint covers
+        #: exactly the events recorded before its position.
+        self.metrics_lock = metric_state.lock
         self._cursor_lock = threading.Lock()
         self._delivery = (
             None
@@ -122,12 +120,14 @@ class ExportWorker:
                     time.sleep(_POLL_SECONDS)
                 elif processed < self._batch_size:
                     self._stop.wait(self._linger)  # a stop ends the wait: drain at once
+                if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:
+                    self.checkpoint()
                 if self._past_deadline():
                     break
         finally:
             if self._delivery is not None:
                 self._delivery.finish()
-            self.save_cursor()
+            self.checkpoint()
             self.status.state = "stopped"
 
     def stop(self, timeout: float) -> None:
@@ -144,6 +144,10 @@ class ExportWorker:
             time.sleep(0.005)
         return False
 
+    def recorded_to(self) -> Position:
+        """The end of the last batch recorded (its metrics counted, its span and log built)."""
+        return self._progress.recorded
+
     def caught_up(self) -> bool:
         """Everything on disk now has been recorded and delivered."""
         return self._progress.caught_up(end_position(self._reader.directory))
@@ -151,25 +155,52 @@ class ExportWorker:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
-    # -- metric checkpoints (called by the metric reader's push thread) ---------------------------
+    # -- metric checkpoints ----------------------------------------------------------------------
 
-    def metrics_checkpoint(self) -> Position:
-        """The position up to which recorded metrics are in the data being collected now.
+    def _restore(self, fallback: Position) -> Position:
+        """Restore the totals of the spool's checkpoint; the position from which events are counted."""
+        try:
+            saved = read_checkpoint(self._reader.directory)
+        except (OSError, ValueError) as exc:
+            diagnostics().error(
+                "metric_checkpoint_unreadable",
+                error=str(exc),
+                action="metric totals start again from zero under the same series",
+            )
+            return fallback
+        if saved is None:
+            return fallback
+        self._state.restore(saved.state)
+        return saved.position
 
-        The caller holds ``metrics_lock``."""
-        return self._progress.recorded
+    def checkpoint(self, collect: Callable[[], None] | None = None) -> bool:
+        """Save the totals with the position they cover, then move the cursor's ``metrics`` there;
+        ``False`` if they could not be saved (disk full: logged once, tried again next time).
 
-    def metrics_exporting(self, checkpoint: Position) -> None:
-        """A metric push covering everything before ``checkpoint`` is about to be sent: persist
-        that first, so a crash during or right after it is known to have possibly counted them."""
-        self._progress.push(checkpoint)
-        self.save_cursor()
-
-    def metrics_exported(self, checkpoint: Position) -> None:
-        """A metric push covering everything before ``checkpoint`` succeeded: persist it at once,
-        so a crash right after cannot make a restart count those events again."""
-        self._progress.pushed(checkpoint)
-        self.save_cursor()
+        ``collect`` (a push or a scrape) reads exactly those totals; it runs before they are saved and
+        what it read is to be exposed only once they are: then nothing ever exposed is ahead of the
+        saved totals, and a restart never makes a series go back."""
+        with self._checkpoint_lock:
+            with self.metrics_lock:
+                taken = Checkpoint(self._progress.recorded, self._state.dump())
+                if collect is not None:
+                    collect()
+            self._checkpointed_at = time.monotonic()
+            try:
+                write_checkpoint(self._reader.directory, taken)
+            except OSError as exc:
+                if not self._checkpoint_failing:
+                    diagnostics().warning(
+                        "metric_checkpoint_failed",
+                        error=str(exc),
+                        action="pushes wait and the spool keeps the events until it can be saved",
+                    )
+                self._checkpoint_failing = True
+                return False
+            self._checkpoint_failing = False
+            self._progress.checkpointed(taken.position)
+            self.save_cursor()
+            return True
 
     def save_cursor(self) -> None:
         """Persist how far delivery and metric export got; frees fully done segments."""
@@ -204,13 +235,12 @@ class ExportWorker:
         self.status.processed += len(envelopes)
         if plan.replay:
             self._observer.replayed(plan.replay)
-        if plan.recounted:
-            self._observer.duplicates("metrics", plan.recounted)
         if self._delivery is None or len(envelopes) == plan.replay:
             self._delivered_to(ends[-1], len(payloads) - plan.replay)
             return len(payloads)
         if plan.resent:
             self._observer.duplicates("traces_and_logs", plan.resent)
+            self.checkpoint()  # the count is on disk before the resend goes out
         self._progress.hand_over(ends[-1])
         self.save_cursor()
         batch = Batch(

@@ -20,12 +20,14 @@ from ..model.events import KIND_OF, Event
 from ..model.validation import event_seconds
 from ..spool import SpoolWriter, first_pending, usage
 from ..spool.record import Envelope, decode_envelope, encode_envelope
+from .counts import DurableCounter, open_counts
 
 __all__ = ["Accepted", "Intake", "IntakeStats"]
 
 _STAT_TTL = 0.25
 #: What the spool may hold on disk, as a multiple of its bound on undelivered bytes: events already
-#: delivered stay until a metric push covers them, so a failing metric push fills the disk only so far.
+#: delivered stay until a metric checkpoint covers them (within a second, unless it cannot be saved),
+#: so a failing checkpoint fills the disk only so far.
 RETAINED_FACTOR = 2
 _ENDPOINTS = {"track": "/track", "events": "/v1/events"}
 
@@ -52,6 +54,22 @@ class IntakeStats:
     #: metrics are observed from these, so the request path only increments a dict.
     received: Counter[tuple[str, str]] = field(default_factory=Counter)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @classmethod
+    def durable(cls, directory: Path, carried: IntakeStats | None = None) -> IntakeStats:
+        """Counters whose event counts survive kill -9 and restarts (kept in ``directory``,
+        ``counts``); the others carry on from ``carried`` (a predecessor's last published)."""
+        received, rejected = open_counts(directory)
+        stats = cls(received=received, rejected=rejected)
+        if carried is not None:
+            stats.requests, stats.failed_requests = carried.requests, carried.failed_requests
+            stats.last_request = carried.last_request
+        return stats
+
+    def close(self) -> None:
+        """Stop writing the durable counts (at exit; counting goes on in memory)."""
+        if isinstance(self.received, DurableCounter):
+            self.received.file.close()
 
     def reject(self, path: str, reason: str) -> None:
         """Count one refused event or request: the one place rejections are counted."""
@@ -217,6 +235,10 @@ class Intake:
                     reason="spool_unwritable",
                     retry_after=10,
                 ) from None
+            kinds: dict[str, int] = {}
             for _, event in items:
-                received[endpoint, KIND_OF[type(event)]] += 1
+                kind = KIND_OF[type(event)]
+                kinds[kind] = kinds.get(kind, 0) + 1
+            for kind, count in kinds.items():  # one durable write per kind and request
+                received[endpoint, kind] += count
         return accepted

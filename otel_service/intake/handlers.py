@@ -16,7 +16,7 @@ from ..model.context import RequestContext
 from ..model.errors import Unavailable
 from ..model.validation import Limits, parse_batch, parse_track
 from ..spool.commit import GroupCommit
-from ..telemetry.histograms import HistogramSet
+from ..telemetry.aggregates import Aggregates
 from ..telemetry.instruments import IntakeInstruments
 from .accept import Intake
 from .body import BATCH_TYPES, JSON_TYPES, read_body
@@ -34,7 +34,7 @@ class Service:
     settings: Settings
     intake: Intake
     instruments: IntakeInstruments
-    histograms: HistogramSet
+    aggregates: Aggregates
     #: With ``OTELSVC_SPOOL_FSYNC=always``: answers wait until their events are on stable storage.
     commit: GroupCommit | None = None
     limits: Limits = field(init=False)
@@ -61,7 +61,7 @@ def intake_handler(service: Service, routes: Routes) -> Handler:
         routes,
         stats=service.intake.stats,
         instruments=service.instruments,
-        histograms=service.histograms,
+        aggregates=service.aggregates,
         auth_token=settings.auth_token,
         limiter=RateLimiter(settings.rate_limit) if settings.rate_limit > 0 else None,
         cors_origins=settings.cors_origins,

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..config import is_loopback
 from ..model.errors import ForbiddenHost, OtelServiceError, RateLimited, Unauthorized
-from ..telemetry.histograms import HistogramSet
+from ..telemetry.aggregates import Aggregates
 from ..telemetry.instruments import IntakeInstruments
 from ..telemetry.logs import diagnostics
 from .accept import IntakeStats
@@ -92,7 +92,7 @@ def create_handler(
     *,
     stats: IntakeStats,
     instruments: IntakeInstruments,
-    histograms: HistogramSet,
+    aggregates: Aggregates,
     auth_token: str | None,
     limiter: RateLimiter | None,
     cors_origins: tuple[str, ...],
@@ -188,7 +188,7 @@ def create_handler(
             ("http.route", path),
             ("http.response.status_code", response.status),
         )
-        with histograms.lock:
+        with aggregates.lock:
             instruments.request_duration.record_key(key, time.perf_counter() - started)
         return response
 

@@ -29,12 +29,12 @@ from ..intake.handlers import Service, intake_handler, intake_routes
 from ..intake.server import create_status_handler
 from ..intake.status import Status, status_routes
 from ..spool import SpoolLocked, SpoolWriter, sync_every
+from ..spool.checkpoint import spool_identity
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from ..telemetry.providers import (
     Metrics,
     create_metrics,
     create_resource,
-    new_instance_id,
     shutdown_quietly,
 )
 from .export_host import ExportRunner, ThreadRunner, wire_export
@@ -124,6 +124,7 @@ class App:
             self._stop_export(left),
             within(left, lambda: shutdown_quietly(provider, left), name="otel-intake-metrics-stop"),
         )
+        self.group.own_stats.close()
 
     async def _stop_export(self, timeout: float) -> None:
         if self._starting is None:  # stopped before it started
@@ -138,16 +139,16 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
     """The sidecar's HTTP side. ``runner`` hosts the export side; ``metrics`` carries the intake's own
     metrics (``App.stop`` shuts it down)."""
     writer = SpoolWriter(settings.spool_dir, fsync=settings.spool_fsync)
-    group = IntakeGroup(settings, writer, IntakeStats())
+    group = IntakeGroup(settings, writer, IntakeStats.durable(settings.spool_dir))
     service = wire_intake(  # its metrics count every intake process's events
         settings,
         writer,
-        meter=metrics.provider.get_meter("otel_service.intake", __version__),
-        histograms=metrics.histograms,
+        aggregates=metrics.aggregates,
         stats=group.own_stats,
         received=lambda: group.stats().received,
         rejected=lambda: group.stats().rejected,
         shards=group.shard_counts,
+        counted_since=spool_identity(settings.spool_dir).start_ns,  # the counts carry on
     )
     if len(group):  # one request-duration series per attribute set, whichever process served it
         service.instruments.request_duration.peers = group.published_durations
@@ -210,14 +211,14 @@ def run(settings: Settings) -> int:
     children, until SIGINT or SIGTERM; 0 after a graceful stop, 2 if it cannot start."""
     configure_diagnostics(settings.log_level, "intake-0")
     log = diagnostics()
-    instance_id = new_instance_id()
-    resource = create_resource(settings, instance_id)
+    identity = spool_identity(settings.spool_dir)  # every process reports under the spool's identity
+    resource = create_resource(settings, identity.instance_id)
     intake_metrics = create_metrics(settings, resource, scope="otel_service.intake", target_info=False)
     runner: ExportRunner
     if settings.export_mode == "thread":
-        runner = ThreadRunner(wire_export(settings, resource))
+        runner = ThreadRunner(wire_export(settings, identity=identity))
     else:
-        runner = ProcessRunner(settings, instance_id)
+        runner = ProcessRunner(settings)
     try:
         app = create_app(settings, runner=runner, metrics=intake_metrics)
     except SpoolLocked as exc:

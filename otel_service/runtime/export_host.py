@@ -25,9 +25,10 @@ from ..export.worker import ExportWorker
 from ..intake.status import READY_FILL_RATIO, ExportView
 from ..model.pricing import load_price_table
 from ..spool import SpoolReader, stats, undelivered
+from ..spool.checkpoint import Identity, spool_identity
 from ..telemetry.instruments import WorkerInstruments, register_observables
 from ..telemetry.logs import create_event_logger
-from ..telemetry.providers import Metrics, create_metrics, shutdown_quietly
+from ..telemetry.providers import Metrics, create_metrics, create_resource, shutdown_quietly
 
 __all__ = ["ExportRunner", "ThreadRunner", "WorkerParts", "wire_export"]
 
@@ -40,17 +41,25 @@ class WorkerParts:
 
 def wire_export(
     settings: Settings,
-    resource: Resource,
     *,
+    identity: Identity | None = None,
     extra_readers: Sequence[MetricReader] = (),
     log_stream: Any = None,
     sender: Sender | None = None,
 ) -> WorkerParts:
-    """Everything the export side needs, wired from settings (``sender``: instead of the one the
-    OTLP settings describe)."""
-    metrics = create_metrics(settings, resource, scope="otel_service.export", extra_readers=extra_readers)
+    """Everything the export side needs, wired from settings, reporting under the spool's identity
+    (``sender``: instead of the one the OTLP settings describe)."""
+    identity = identity or spool_identity(settings.spool_dir)
+    resource = create_resource(settings, identity.instance_id)
+    metrics = create_metrics(
+        settings,
+        resource,
+        scope="otel_service.export",
+        start_ns=identity.start_ns,
+        extra_readers=extra_readers,
+    )
     meter = metrics.provider.get_meter("otel_service.export", __version__)
-    instruments = WorkerInstruments.create(meter, metrics.histograms)
+    instruments = WorkerInstruments.create(metrics.aggregates)
     recorder = Recorder(
         instruments,
         prices=load_price_table(settings.price_table),
@@ -59,7 +68,10 @@ def wire_export(
         default_provider=settings.default_provider,
         max_tenants=settings.max_tenants,
         max_label_values=settings.max_label_values,
+        kept_labels={"business_id": settings.keep_tenants, "model": settings.keep_models},
+        label_idle_seconds=settings.label_idle_seconds,
     )
+    metrics.aggregates.keep("label_guards", recorder.guards_state, recorder.restore_guards)
     sender = sender or (
         create_sender(
             settings.otlp_endpoint,
@@ -76,18 +88,14 @@ def wire_export(
         instruments,
         sender=sender,
         resource=_resource_proto(resource),
+        metric_state=metrics.aggregates,
         batch_size=settings.export_batch_size,
         linger=settings.export_delay,
-        metrics_pushed=settings.otlp_endpoint is not None,
-        metrics_lock=metrics.histograms.lock,
         pressing=lambda: undelivered(settings.spool_dir) >= READY_FILL_RATIO * settings.spool_max_bytes,
     )
-    metrics.reader.bind_checkpoints(
-        worker.metrics_lock, worker.metrics_checkpoint, worker.metrics_exporting, worker.metrics_exported
-    )
+    metrics.reader.bind_checkpoint(worker.checkpoint)
     register_observables(
         meter,
-        metrics.histograms,
         drift_scores=recorder.drift.scores,
         spool_bytes=lambda: stats(settings.spool_dir).bytes,
         spool_items=worker.queued_items,

@@ -21,7 +21,6 @@ from aiohttp import web
 
 from ..config import Settings
 from ..telemetry.logs import configure_diagnostics, diagnostics
-from ..telemetry.providers import create_resource
 from .export_host import ThreadRunner, wire_export
 
 __all__ = ["ProcessRunner", "stop_thread_runner", "within"]
@@ -83,11 +82,11 @@ async def stop_thread_runner(runner: ThreadRunner, timeout: float) -> None:
     await _OneStop(runner)(timeout)
 
 
-def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
+def _child_main(settings: Settings, socket_path: str) -> None:
     """Entry point of the export process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     configure_diagnostics(settings.log_level, "export")
-    parts = wire_export(settings, create_resource(settings, instance_id))
+    parts = wire_export(settings)
     runner = ThreadRunner(parts)
     runner.start()
     stopping = threading.Event()
@@ -130,9 +129,8 @@ def _child_main(settings: Settings, instance_id: str, socket_path: str) -> None:
 class ProcessRunner:
     """The worker in a child process, reached over a unix socket, restarted when it dies."""
 
-    def __init__(self, settings: Settings, instance_id: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._instance_id = instance_id
         self._socket = str(Path(settings.spool_dir) / "export.sock")
         self._process: multiprocessing.process.BaseProcess = self._new_process()
         self._session: aiohttp.ClientSession | None = None
@@ -143,7 +141,7 @@ class ProcessRunner:
     def _new_process(self) -> multiprocessing.process.BaseProcess:
         return multiprocessing.get_context("spawn").Process(
             target=_child_main,
-            args=(self._settings, self._instance_id, self._socket),
+            args=(self._settings, self._socket),
             name="otel-service-export",
             daemon=False,
         )

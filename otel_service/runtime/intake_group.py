@@ -26,6 +26,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..intake.accept import IntakeStats
+from ..intake.counts import read_counts
 from ..intake.server import Handler
 from ..spool import SpoolWriter, writer_active
 from ..spool.shards import ShardMerger, forget_published, read_published, shard_dir
@@ -231,10 +232,14 @@ class IntakeGroup:
         return [data["durations"] for data in self._published().values()]
 
     def stats(self) -> IntakeStats:
-        """Every intake process's counters together (the others' as last published)."""
+        """Every intake process's counters together: event counts read from their files (exact, even
+        for a process just killed), request counts as last published."""
         total = self.own_stats
-        for data in self._published().values():
-            total = total.plus(IntakeStats.load(data["stats"]))
+        for shard in self._shards:
+            data = read_published(shard)
+            other = IntakeStats.load(data["stats"]) if data else IntakeStats()
+            other.received, other.rejected = read_counts(shard)
+            total = total.plus(other)
         return total
 
     def processes(self) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from opentelemetry.metrics import NoOpMeter
 
 from .._version import __version__
 from ..config import Settings
@@ -25,7 +24,7 @@ from ..intake.handlers import intake_handler, intake_routes
 from ..intake.status import Forwarder
 from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..spool.shards import publish, read_published, shard_dir
-from ..telemetry.histograms import HistogramSet
+from ..telemetry.aggregates import Aggregates
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from .loop import SERVER_OPTIONS, CannotListen, listen, new_event_loop
 from .wiring import connection_limits, wire_intake
@@ -54,13 +53,15 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
     writer = SpoolWriter(shard_dir(settings.spool_dir, index), fsync=settings.spool_fsync)
     # A replacement carries on from its predecessor's published counters: the sums stay monotonic.
     previous = read_published(writer.directory)
-    histograms = HistogramSet("otel_service.intake", __version__, settings.cardinality_limit)
+    # Not exported from here: the first process reports everyone's.
+    aggregates = Aggregates("otel_service.intake", __version__, settings.cardinality_limit)
     service = wire_intake(
         settings,
         writer,
-        meter=NoOpMeter("otel_service.intake"),  # the first process reports everyone's
-        histograms=histograms,
-        stats=IntakeStats.load(previous["stats"]) if previous else IntakeStats(),
+        aggregates=aggregates,
+        stats=IntakeStats.durable(
+            writer.directory, IntakeStats.load(previous["stats"]) if previous else None
+        ),
     )
     stats, instruments = service.intake.stats, service.instruments
     if previous:
@@ -69,7 +70,7 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
     handler = intake_handler(service, {**intake_routes(service), **forwarder.routes()})
 
     def publish_counters() -> None:
-        with histograms.lock:
+        with aggregates.lock:
             durations = instruments.request_duration.dump()
         publish(writer.directory, {"pid": os.getpid(), "stats": stats.dump(), "durations": durations})
 
@@ -98,4 +99,5 @@ async def _serve_shard(settings: Settings, index: int, port: int, socket_path: P
             syncing.cancel()
         writer.close()
         publish_counters()
+        stats.close()
         await forwarder.close()

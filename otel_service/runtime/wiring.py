@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opentelemetry.metrics import Meter
-
 from ..config import Settings
 from ..intake.accept import Intake, IntakeStats
 from ..intake.connections import ConnectionLimits
@@ -18,7 +16,7 @@ from ..intake.handlers import Service
 from ..spool import SpoolWriter
 from ..spool.commit import GroupCommit
 from ..spool.shards import shard_dir, shard_dirs
-from ..telemetry.histograms import HistogramSet
+from ..telemetry.aggregates import Aggregates
 from ..telemetry.instruments import IntakeInstruments
 
 __all__ = ["connection_limits", "intake_spools", "wire_intake"]
@@ -45,12 +43,12 @@ def wire_intake(
     settings: Settings,
     writer: SpoolWriter,
     *,
-    meter: Meter,
-    histograms: HistogramSet,
+    aggregates: Aggregates,
     stats: IntakeStats | None = None,
     received: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     rejected: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     shards: Callable[[], Mapping[str, int]] = dict,
+    counted_since: int | None = None,
 ) -> Service:
     """One intake process's endpoints over ``writer``: validation, the bounded spool, the fsync
     policy and the intake metrics (observed from ``received``/``rejected``: by default this process's
@@ -64,11 +62,11 @@ def wire_intake(
     )
     counts = intake.stats
     instruments = IntakeInstruments.create(
-        meter,
-        histograms,
+        aggregates,
         received=received or (lambda: counts.received),
         rejected=rejected or (lambda: counts.rejected),
         shards=shards,
+        counted_since=counted_since,
     )
     commit = GroupCommit(writer.sync) if settings.spool_fsync == "always" else None
-    return Service(settings, intake, instruments, histograms, commit=commit)
+    return Service(settings, intake, instruments, aggregates, commit=commit)

@@ -102,7 +102,7 @@ class ShardMerger:
             if not payloads:
                 continue
             committed = reader.cursor.committed
-            reader.save(Cursor(committed, committed, ends[-1], committed))
+            reader.save(Cursor(committed, committed, ends[-1]))
             try:
                 self._writer.append(payloads)
             except OSError:  # read again from the cursor next time: nothing of this batch is copied

@@ -1,4 +1,5 @@
-"""Explicit-bucket histograms aggregated in-process, exported through the SDK's metric readers.
+"""Explicit-bucket histograms aggregated in-process (``aggregates.Aggregates`` holds them), exported
+through the SDK's metric readers.
 
 The SDK spends ~20 µs per ``Histogram.record`` (attribute cleaning and hashing per measurement); at
 several histograms per event that is most of the export path's CPU. These histograms aggregate in a
@@ -10,11 +11,10 @@ Prometheus and OTLP render them like any other metric.
 
 from __future__ import annotations
 
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
@@ -22,13 +22,18 @@ from opentelemetry.sdk.metrics.export import (
     Histogram,
     HistogramDataPoint,
     Metric,
-    ScopeMetrics,
 )
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-__all__ = ["FastHistogram", "HistogramSet"]
+from .cardinality import OVERFLOW_VALUE
 
-_OVERFLOW: tuple[tuple[str, Any], ...] = (("otel.metric.overflow", True),)
+__all__ = ["OVERFLOW_KEY", "FastHistogram", "Key", "fold_keys"]
+
+_T = TypeVar("_T")
+
+#: An attribute set as its items tuple.
+Key = tuple[tuple[str, Any], ...]
+#: The one series that stands for every attribute set beyond the cardinality cap.
+OVERFLOW_KEY: Key = (("otel.metric.overflow", True),)
 
 
 class _Point:
@@ -66,13 +71,31 @@ class _Point:
         return both
 
 
-def _loaded(dumped: Sequence[Any]) -> Iterator[tuple[tuple[tuple[str, Any], ...], _Point]]:
+def _loaded(dumped: Sequence[Any]) -> Iterator[tuple[Key, _Point]]:
     for key, point in dumped:
         yield tuple((str(name), value) for name, value in key), _Point.load(point)
 
 
+def fold_keys(
+    points: dict[Key, _T], attributes: frozenset[str], values: frozenset[str]
+) -> list[tuple[Key, _T]]:
+    """Remove from ``points`` the series whose ``attributes`` hold one of ``values``; each, with its
+    key as it reads with ``_OTHER`` in their place."""
+    found = [key for key in points if any(name in attributes and value in values for name, value in key)]
+    return [
+        (
+            tuple(
+                (name, OVERFLOW_VALUE if name in attributes and value in values else value)
+                for name, value in key
+            ),
+            points.pop(key),
+        )
+        for key in found
+    ]
+
+
 class FastHistogram:
-    """One histogram instrument. Not thread-safe: its ``HistogramSet`` lock guards record and read."""
+    """One histogram instrument. Not thread-safe: its ``Aggregates`` lock guards record and read."""
 
     def __init__(self, name: str, unit: str, description: str, bounds: Sequence[float], limit: int) -> None:
         self.name = name
@@ -80,7 +103,7 @@ class FastHistogram:
         self.description = description
         self.bounds = tuple(float(b) for b in bounds)
         self._limit = limit
-        self._points: dict[tuple[tuple[str, Any], ...], _Point] = {}
+        self._points: dict[Key, _Point] = {}
         #: Observations folded into the overflow series because the cardinality cap was reached.
         self.overflowed = 0
         #: Where the same histogram of other processes is read (their ``dump()``), summed into ours
@@ -95,7 +118,14 @@ class FastHistogram:
         """Continue from a ``dump()`` (a restarted process carrying on its predecessor's counts)."""
         self._points = dict(_loaded(dumped))
 
-    def _merged_points(self) -> dict[tuple[tuple[str, Any], ...], _Point]:
+    def fold(self, attributes: frozenset[str], values: frozenset[str]) -> None:
+        """Merge every series whose ``attributes`` hold one of ``values`` into the series with
+        ``_OTHER`` there instead (values aged out of a label guard: totals stay whole)."""
+        for key, point in fold_keys(self._points, attributes, values):
+            other = self._points.get(key)
+            self._points[key] = point if other is None else other.plus(point)
+
+    def _merged_points(self) -> dict[Key, _Point]:
         if self.peers is None:
             return self._points
         points = dict(self._points)
@@ -116,7 +146,7 @@ class FastHistogram:
 
     def record_key(
         self,
-        key: tuple[tuple[str, Any], ...],
+        key: Key,
         value: float,
         trace_id: str | None = None,
         span_id: str | None = None,
@@ -126,7 +156,7 @@ class FastHistogram:
         if point is None:
             if len(self._points) >= self._limit - 1:
                 self.overflowed += 1
-                key = _OVERFLOW
+                key = OVERFLOW_KEY
                 point = self._points.get(key)
             if point is None:
                 point = self._points[key] = _Point(len(self.bounds) + 1)
@@ -170,32 +200,3 @@ class FastHistogram:
             unit=self.unit,
             data=Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
         )
-
-
-class HistogramSet:
-    """The histograms of one instrumentation scope, and the lock that guards them."""
-
-    def __init__(self, scope: str, version: str, cardinality_limit: int) -> None:
-        self.scope = InstrumentationScope(scope, version)
-        self.lock = threading.RLock()
-        self._limit = cardinality_limit
-        self._histograms: list[FastHistogram] = []
-        self._start_ns = time.time_ns()
-
-    def create(self, name: str, *, unit: str, description: str, bounds: Sequence[float]) -> FastHistogram:
-        histogram = FastHistogram(name, unit, description, bounds, self._limit)
-        self._histograms.append(histogram)
-        return histogram
-
-    def overflowed(self) -> dict[str, int]:
-        """Observations folded into overflow series, per histogram (cardinality cap reached)."""
-        return {h.name: h.overflowed for h in self._histograms if h.overflowed}
-
-    def scope_metrics(self) -> ScopeMetrics | None:
-        """Every histogram's cumulative points now, as the SDK's data model."""
-        now = time.time_ns()
-        with self.lock:
-            metrics = [m for h in self._histograms if (m := h.metric(self._start_ns, now))]
-        if not metrics:
-            return None
-        return ScopeMetrics(scope=self.scope, metrics=metrics, schema_url="")

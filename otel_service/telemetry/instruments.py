@@ -10,13 +10,14 @@ Length: one declaration per instrument (about forty), kept together so the catal
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from opentelemetry.metrics import Counter, Meter, Observation
+from opentelemetry.metrics import Meter, Observation
 from opentelemetry.sdk.metrics.view import View
 
-from .histograms import FastHistogram, HistogramSet
+from .aggregates import Aggregates, FastCounter
+from .histograms import FastHistogram
 
 __all__ = ["IntakeInstruments", "WorkerInstruments", "create_views", "register_observables"]
 
@@ -76,32 +77,41 @@ class WorkerInstruments:
 
     operation_duration: FastHistogram
     token_usage: FastHistogram
-    lab_requests: Counter
+    lab_requests: FastCounter
     lab_response_time: FastHistogram
-    lab_tokens: Counter
-    lab_cost: Counter
-    lab_appointments: Counter
-    lab_handoffs: Counter
-    cost: Counter
-    unpriced: Counter
-    outcomes: Counter
+    lab_tokens: FastCounter
+    lab_cost: FastCounter
+    lab_appointments: FastCounter
+    lab_handoffs: FastCounter
+    cost: FastCounter
+    unpriced: FastCounter
+    outcomes: FastCounter
     message_length: FastHistogram
-    predictions: Counter
+    predictions: FastCounter
     prediction_duration: FastHistogram
     prediction_confidence: FastHistogram
-    feedback: Counter
-    processed: Counter
-    label_overflow: Counter
-    export_items: Counter
-    retries: Counter
-    replayed: Counter
-    duplicates: Counter
-    dropped: Counter
+    feedback: FastCounter
+    processed: FastCounter
+    label_overflow: FastCounter
+    label_aged_out: FastCounter
+    export_items: FastCounter
+    retries: FastCounter
+    replayed: FastCounter
+    duplicates: FastCounter
+    dropped: FastCounter
+
+    def fold(self, attributes: frozenset[str], values: frozenset[str]) -> None:
+        """Merge the series whose ``attributes`` hold one of ``values`` into their ``_OTHER`` series,
+        in every instrument (the caller holds their lock)."""
+        for instrument in fields(self):
+            getattr(self, instrument.name).fold(attributes, values)
 
     @classmethod
-    def create(cls, meter: Meter, histograms: HistogramSet) -> WorkerInstruments:
+    def create(cls, aggregates: Aggregates) -> WorkerInstruments:
         def histogram(name: str, unit: str, description: str) -> FastHistogram:
-            return histograms.create(name, unit=unit, description=description, bounds=_BUCKETS[name])
+            return aggregates.histogram(name, unit=unit, description=description, bounds=_BUCKETS[name])
+
+        counter = aggregates.counter
 
         return cls(
             operation_duration=histogram(
@@ -110,42 +120,36 @@ class WorkerInstruments:
             token_usage=histogram(
                 "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used."
             ),
-            lab_requests=meter.create_counter(
-                "ai_requests", unit="{request}", description="Total AI requests"
-            ),
+            lab_requests=counter("ai_requests", unit="{request}", description="Total AI requests"),
             lab_response_time=histogram("ai_response_time", "s", "AI response time in seconds"),
-            lab_tokens=meter.create_counter(
-                "ai_tokens_used", unit="{token}", description="Total tokens used"
-            ),
-            lab_cost=meter.create_counter(
-                "ai_api_cost_usd", unit="{USD}", description="Total API cost in USD"
-            ),
-            lab_appointments=meter.create_counter(
+            lab_tokens=counter("ai_tokens_used", unit="{token}", description="Total tokens used"),
+            lab_cost=counter("ai_api_cost_usd", unit="{USD}", description="Total API cost in USD"),
+            lab_appointments=counter(
                 "appointments_requested",
                 unit="{appointment}",
                 description="Total appointment requests",
             ),
-            lab_handoffs=meter.create_counter(
+            lab_handoffs=counter(
                 "human_handoffs", unit="{handoff}", description="Total human handoff requests"
             ),
-            cost=meter.create_counter(
+            cost=counter(
                 "ai.cost.usd",
                 unit="{USD}",
                 description="Cost of LLM calls in USD, by token type and where the figure came from.",
             ),
-            unpriced=meter.create_counter(
+            unpriced=counter(
                 "ai.cost.unpriced",
                 unit="{call}",
                 description="LLM calls whose cost is unknown (no reported cost, model not in the "
                 "price table, or no token counts).",
             ),
-            outcomes=meter.create_counter(
+            outcomes=counter(
                 "ai.outcomes",
                 unit="{event}",
                 description="Business outcomes of AI conversations (appointments, handoffs).",
             ),
             message_length=histogram("ai.message.length", "{char}", "Length of user and AI messages."),
-            predictions=meter.create_counter(
+            predictions=counter(
                 "ml.predictions",
                 unit="{prediction}",
                 description="Total number of predictions made",
@@ -155,45 +159,52 @@ class WorkerInstruments:
             ),
             # Dimensionless, but no unit "1": it would render as _ratio only on some exporters.
             prediction_confidence=histogram("ml.prediction.confidence", "", "Confidence of predictions."),
-            feedback=meter.create_counter(
+            feedback=counter(
                 "ml.feedback",
                 unit="{feedback}",
                 description="Ground-truth feedback on predictions, by correctness.",
             ),
-            processed=meter.create_counter(
+            processed=counter(
                 "otel_service.events.processed",
                 unit="{event}",
                 description="Events turned into telemetry by the exporter.",
             ),
-            label_overflow=meter.create_counter(
+            label_overflow=counter(
                 "otel_service.attribute.overflow",
                 unit="{value}",
                 description="Metric attribute values replaced by _OTHER because the attribute's "
                 "cardinality cap was reached.",
             ),
-            export_items=meter.create_counter(
+            label_aged_out=counter(
+                "otel_service.attribute.aged_out",
+                unit="{value}",
+                description="Metric attribute values that gave their place up after going unseen "
+                "(their series were merged into the attribute's _OTHER series, so totals stay whole).",
+            ),
+            export_items=counter(
                 "otel_service.export.items",
                 unit="{item}",
                 description="Spans and log records sent over OTLP, by signal and outcome.",
             ),
-            retries=meter.create_counter(
+            retries=counter(
                 "otel_service.export.retries",
                 unit="{request}",
                 description="Export requests retried after a retryable failure.",
             ),
-            replayed=meter.create_counter(
+            replayed=counter(
                 "otel_service.export.replayed",
                 unit="{event}",
                 description="Events whose metrics were recorded again after a restart (their spans "
                 "and logs had been delivered before it).",
             ),
-            duplicates=meter.create_counter(
+            duplicates=counter(
                 "otel_service.export.duplicates",
                 unit="{event}",
-                description="Events sent again after a restart because their delivery was in flight "
-                "(possible duplicates downstream), by signal (traces_and_logs, metrics).",
+                description="Spans and log records sent again (possible duplicates downstream): "
+                "after a restart, of events whose delivery was in flight (traces_and_logs), or after "
+                "an export timeout (traces, logs).",
             ),
-            dropped=meter.create_counter(
+            dropped=counter(
                 "otel_service.dropped",
                 unit="{item}",
                 description="Items discarded, by signal and reason (should stay 0).",
@@ -223,27 +234,15 @@ def _observe(
     )
 
 
-def _observe_overflow(meter: Meter, histograms: HistogramSet) -> None:
-    _observe(
-        meter.create_observable_counter,
-        "otel_service.metric.overflow",
-        ("metric",),
-        lambda: {(name,): n for name, n in histograms.overflowed().items()},
-        unit="{measurement}",
-        description="Measurements folded into an otel_metric_overflow series (cardinality cap).",
-    )
-
-
 def register_observables(
     meter: Meter,
-    histograms: HistogramSet,
     *,
     drift_scores: Callable[[], dict[tuple[str, str], float]],
     spool_bytes: Callable[[], int],
     spool_items: Callable[[], int],
     oldest_age: Callable[[], float],
 ) -> None:
-    """Instruments read at collection time: drift per feature, cardinality overflow, the spool."""
+    """Gauges read at collection time: drift per feature, the spool."""
     _observe(
         meter.create_observable_gauge,
         "data_drift_score",
@@ -252,7 +251,6 @@ def register_observables(
         unit="",
         description="Kolmogorov-Smirnov distance between a feature's reference and recent values.",
     )
-    _observe_overflow(meter, histograms)
     _observe(
         meter.create_observable_gauge,
         "otel_service.spool.size",
@@ -281,7 +279,7 @@ def register_observables(
 
 @dataclass(frozen=True, slots=True)
 class IntakeInstruments:
-    """Instruments of the HTTP intake: event counts are observed from plain counters (cheap on the
+    """Instruments of the HTTP intake: event counts are read from plain counters (cheap on the
     request path), request durations go to an in-process histogram."""
 
     request_duration: FastHistogram
@@ -289,31 +287,32 @@ class IntakeInstruments:
     @classmethod
     def create(
         cls,
-        meter: Meter,
-        histograms: HistogramSet,
+        aggregates: Aggregates,
         *,
         received: Callable[[], Mapping[tuple[str, str], int]],
         rejected: Callable[[], Mapping[tuple[str, str], int]],
         shards: Callable[[], Mapping[str, int]] = dict,
+        counted_since: int | None = None,
     ) -> IntakeInstruments:
-        _observe(
-            meter.create_observable_counter,
+        """``counted_since``: when the event counts started (they carry on across restarts: the
+        spool's start); the other series start with this process."""
+        aggregates.observe_counter(
             "otel_service.events.received",
             ("endpoint", "kind"),
             received,
             unit="{event}",
             description="Events accepted by intake (202), by endpoint and kind.",
+            start_ns=counted_since,
         )
-        _observe(
-            meter.create_observable_counter,
+        aggregates.observe_counter(
             "otel_service.events.rejected",
             ("endpoint", "reason"),
             rejected,
             unit="{event}",
             description="Events or requests refused by intake, by endpoint and reason.",
+            start_ns=counted_since,
         )
-        _observe(
-            meter.create_observable_counter,
+        aggregates.observe_counter(
             "otel_service.intake.shard.records",
             ("outcome",),
             lambda: {(outcome,): n for outcome, n in shards().items() if n and outcome != "corrupt_bytes"},
@@ -321,8 +320,7 @@ class IntakeInstruments:
             description="Events copied from other intake processes' spool shards into the main spool "
             "(copied), and copied again after a crash (possible_duplicate).",
         )
-        _observe(
-            meter.create_observable_counter,
+        aggregates.observe_counter(
             "otel_service.intake.shard.corrupt",
             (),
             lambda: {(): shards().get("corrupt_bytes", 0)},
@@ -330,9 +328,8 @@ class IntakeInstruments:
             description="Bytes of torn or corrupt records skipped in spool shards (an intake process "
             "killed mid-write); should stay 0.",
         )
-        _observe_overflow(meter, histograms)
         return cls(
-            request_duration=histograms.create(
+            request_duration=aggregates.histogram(
                 "http.server.request.duration",
                 unit="s",
                 description="Duration of HTTP server requests.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,16 +24,12 @@ from prometheus_client import CollectorRegistry
 
 from .._version import __version__
 from ..config import Settings
-from .histograms import HistogramSet
+from .aggregates import Aggregates
 from .instruments import create_views
 from .logs import diagnostics
 from .reader import PrometheusOtlpReader
 
-__all__ = ["Metrics", "create_metrics", "create_resource", "new_instance_id", "shutdown_quietly"]
-
-
-def new_instance_id() -> str:
-    return str(uuid.uuid4())
+__all__ = ["Metrics", "create_metrics", "create_resource", "shutdown_quietly"]
 
 
 def create_resource(settings: Settings, instance_id: str) -> Resource:
@@ -52,12 +47,13 @@ def create_resource(settings: Settings, instance_id: str) -> Resource:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """A meter provider and the Prometheus registry that ``/metrics`` renders."""
+    """A meter provider, the in-process counters and histograms, and the Prometheus registry that
+    ``/metrics`` renders."""
 
     provider: MeterProvider
     registry: CollectorRegistry
     reader: PrometheusOtlpReader
-    histograms: HistogramSet
+    aggregates: Aggregates
 
 
 def cardinality_limits(limit: int) -> CardinalityLimits:
@@ -105,14 +101,15 @@ def create_metrics(
     resource: Resource,
     *,
     scope: str,
+    start_ns: int | None = None,
     target_info: bool = True,
     extra_readers: Sequence[MetricReader] = (),
 ) -> Metrics:
-    """A meter provider and in-process histograms (instrumentation scope ``scope``) behind one reader
-    that serves ``/metrics`` and pushes OTLP when an endpoint is configured; ``extra_readers`` see the
-    SDK instruments only."""
+    """A meter provider and in-process counters and histograms (instrumentation scope ``scope``, their
+    series starting at ``start_ns``) behind one reader that serves ``/metrics`` and pushes OTLP when an
+    endpoint is configured; ``extra_readers`` see the SDK instruments only."""
     registry = CollectorRegistry(auto_describe=True)
-    histograms = HistogramSet(scope, __version__, settings.cardinality_limit)
+    aggregates = Aggregates(scope, __version__, settings.cardinality_limit, start_ns=start_ns)
     reader = PrometheusOtlpReader(
         _otlp_metric_exporter(settings) if settings.otlp_endpoint else None,
         interval=settings.metric_export_interval,
@@ -121,7 +118,7 @@ def create_metrics(
         registry=registry,
         cardinality_limits=cardinality_limits(settings.cardinality_limit),
         resource=resource,
-        producers=[histograms.scope_metrics],
+        producers=[aggregates.scope_metrics],
         name=scope,
     )
     readers: list[MetricReader] = [reader, *extra_readers]
@@ -131,4 +128,4 @@ def create_metrics(
         views=create_views(),
         shutdown_on_exit=False,  # shut down explicitly, within the shutdown timeout (not twice)
     )
-    return Metrics(provider, registry, reader, histograms)
+    return Metrics(provider, registry, reader, aggregates)

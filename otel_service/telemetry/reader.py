@@ -59,10 +59,8 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._pushing = False
         self._pending: MetricsData | None = None
         self._stop = threading.Event()
-        self._checkpoint_lock: threading.RLock | None = None
-        self._checkpoint: Callable[[], Any] | None = None
-        self._exporting: Callable[[Any], None] | None = None
-        self._exported: Callable[[Any], None] | None = None
+        self._checkpoint: Callable[[Callable[[], None]], bool] | None = None
+        self._received = False
         # Scrapes and pushes must not interleave: route the scrape callback through the lock.
         self._collector._callback = self._scrape  # type: ignore[assignment]
         self.pushes = 0
@@ -72,21 +70,13 @@ class PrometheusOtlpReader(PrometheusMetricReader):
             self._thread = threading.Thread(target=self._run, name="otel-metric-push", daemon=True)
             self._thread.start()
 
-    def bind_checkpoints(
-        self,
-        lock: threading.RLock,
-        checkpoint: Callable[[], Any],
-        exporting: Callable[[Any], None],
-        exported: Callable[[Any], None],
-    ) -> None:
-        """Tell the producer of measurements which of them a push covers: each push collects under
-        ``lock`` after taking ``checkpoint()``, calls ``exporting(checkpoint)`` before sending and
-        ``exported(checkpoint)`` once the exporter accepted the data."""
-        self._checkpoint_lock, self._checkpoint = lock, checkpoint
-        self._exporting, self._exported = exporting, exported
+    def bind_checkpoint(self, checkpoint: Callable[[Callable[[], None]], bool]) -> None:
+        """Collect through ``checkpoint(collect)`` for every push and scrape: it runs ``collect`` on
+        the totals it saves, and says whether they were saved; unsaved data is not pushed."""
+        self._checkpoint = checkpoint
 
     def _merge(self, data: MetricsData | None) -> MetricsData | None:
-        """The SDK's collected data plus the producers' scopes (in-process histograms)."""
+        """The SDK's collected data plus the producers' scopes (in-process counters and histograms)."""
         extra = [scope for produce in self._producers if (scope := produce()) is not None]
         if not extra:
             return data
@@ -106,9 +96,18 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         merged = ResourceMetrics(first.resource, list(scopes.values()), first.schema_url)
         return MetricsData([merged, *rest])
 
+    def _collect_all(self, timeout_millis: float = 10_000) -> None:
+        """The SDK's ``collect``, which skips ``_receive_metrics`` when its own instruments have no
+        points: the producers' points are received all the same."""
+        self._received = False
+        self.collect(timeout_millis=timeout_millis)
+        if not self._received:
+            self._receive_metrics(MetricsData(resource_metrics=[]), timeout_millis)
+
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> None:
+        self._received = True
         data = self._merge(metrics_data)
         if self._pushing:
             self._pending = data
@@ -121,7 +120,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         with self._lock:
             self._pushing = True
             try:
-                self.collect()
+                self._collect_all()
             finally:
                 self._pushing = False
             data, self._pending = self._pending, None
@@ -129,7 +128,10 @@ class PrometheusOtlpReader(PrometheusMetricReader):
 
     def _scrape(self) -> None:
         with self._lock:
-            self.collect()
+            if self._checkpoint is None:
+                self._collect_all()
+            else:  # rendered even if the totals could not be saved: a scrape cannot wait
+                self._checkpoint(self._collect_all)
 
     def push(self, timeout: float | None = None) -> bool:
         """Collect and export now (within ``timeout`` seconds, default the export timeout);
@@ -137,26 +139,28 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         if self._exporter is None:
             return True
         timeout = self._timeout if timeout is None else min(timeout, self._timeout)
-        token = None
+
+        def collect() -> None:
+            self._collect_all(timeout_millis=self._timeout * 1000)
+
         with self._lock:
             self._pushing = True
             try:
-                if self._checkpoint_lock is not None and self._checkpoint is not None:
-                    with self._checkpoint_lock:
-                        token = self._checkpoint()
-                        self.collect(timeout_millis=self._timeout * 1000)
+                if self._checkpoint is None:
+                    collect()
+                    saved = True
                 else:
-                    self.collect(timeout_millis=self._timeout * 1000)
+                    saved = self._checkpoint(collect)
             finally:
                 self._pushing = False
             data, self._pending = self._pending, None
         if data is None:
             return True
-        if self._exporting is not None and token is not None:
-            self._exporting(token)
         error = None
         try:
-            if self._exporter.export(data, timeout_millis=timeout * 1000) is not MetricExportResult.SUCCESS:
+            if not saved:
+                error = "the metric totals could not be saved first (see metric_checkpoint_failed)"
+            elif self._exporter.export(data, timeout_millis=timeout * 1000) is not MetricExportResult.SUCCESS:
                 error = "the exporter gave up (timeout, retries exhausted, or refused)"
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -175,8 +179,6 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         if self._failing:
             _log.info("metric_export_recovered", scope=self._name, failed_pushes=self._failing)
             self._failing = 0
-        if self._exported is not None and token is not None:
-            self._exported(token)
         return True
 
     def _run(self) -> None:

@@ -5,24 +5,27 @@ outcome flags and success: metric attribute sets, the span's name and constant a
 record's severity and constant fields. A plan holds that part, built and encoded once per distinct
 combination and cached (bounded), so each event only adds what is its own: values, IDs and times.
 Plans whose labels hit a cardinality cap are not cached, so every such event is counted as an
-overflow.
+overflow. Each plan names the guarded label values it holds (``labels``), so the events using it keep
+those values from ageing out; when values do age out, every cached plan is dropped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ...model.events import KIND_OF, Event, Feedback, LlmCall, Prediction
+from ...model.events import Feedback, LlmCall, Prediction
 from ...model.pricing import ModelPrice, PriceTable
 from ...model.providers import infer_provider
 from ...telemetry.cardinality import LabelGuard
 from ...telemetry.instruments import WorkerInstruments
 from .. import otlp
+from .emit import Emit, constant_values, new_emit
 from .mapping import FEEDBACK, LLM_CALL, PREDICTION, FieldMap
 from .sums import Attrs, Key, Sum, key_of, sum_of
 
-__all__ = ["Emit", "FeedbackPlan", "LlmPlan", "Planner", "PredictionPlan"]
+__all__ = ["FeedbackPlan", "LlmPlan", "Planner", "PredictionPlan"]
 
 _GUARDED = (
     "business_id",
@@ -37,25 +40,11 @@ _GUARDED = (
 #: Distinct plans kept per event kind; the cache starts over when full.
 _MAX_PLANS = 4096
 _P = TypeVar("_P")
+#: The guarded label values a plan holds, with their guards.
+Labels = tuple[tuple[LabelGuard, str], ...]
 _LLM = FieldMap(LLM_CALL)
 _PREDICTION = FieldMap(PREDICTION)
 _FEEDBACK = FieldMap(FEEDBACK)
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """The constant part of the span and log record of every event sharing a plan, and how to add
-    each event's own fields (``fields``)."""
-
-    kind: str
-    level: str
-    span_head: bytes
-    span_attributes: bytes
-    span_status: bytes
-    log_head: bytes
-    #: Log line fields (``None`` already left out).
-    log_fields: Attrs
-    fields: FieldMap
 
 
 @dataclass(slots=True)
@@ -75,6 +64,7 @@ class LlmPlan:
     tokens: Sum
     lab_cost: Sum
     unpriced: Sum
+    labels: Labels
     cost_by_type: dict[str, Sum] = field(default_factory=dict)
 
 
@@ -84,23 +74,18 @@ class PredictionPlan:
     model: str
     ids: Key
     per_event: tuple[Sum, ...]
+    labels: Labels
 
 
 @dataclass(slots=True)
 class FeedbackPlan:
     emit: Emit
     per_event: tuple[Sum, ...]
+    labels: Labels
 
 
 def _error(event: LlmCall | Prediction) -> str | None:
     return None if event.success else (event.error_type or "_OTHER")
-
-
-def _fields(event: Event, fields: FieldMap, **derived: Any) -> Attrs:
-    """The values a plan's constant fields name: the event's, or the derived ones given."""
-    return {
-        f.value: derived[f.value] if f.value in derived else getattr(event, f.value) for f in fields.constant
-    }
 
 
 class Planner:
@@ -114,15 +99,27 @@ class Planner:
         default_provider: str,
         max_tenants: int,
         max_label_values: int,
+        kept: Mapping[str, Iterable[str]] | None = None,
+        idle_seconds: float = 0.0,
     ) -> None:
+        """``kept``: per guard, values always admitted; ``idle_seconds``: after how long unseen an
+        admitted value gives its place up to a new one (0: never)."""
         self._m = instruments
         self._prices = prices
         self._default_provider = default_provider
+        kept = kept or {}
         self.guards = {
-            name: LabelGuard(name, max_tenants if name == "business_id" else max_label_values)
+            name: LabelGuard(
+                name,
+                max_tenants if name == "business_id" else max_label_values,
+                kept=kept.get(name, ()),
+                idle_seconds=idle_seconds,
+            )
             for name in _GUARDED
         }
         self._overflowed = False
+        #: The guarded values of the plan being built.
+        self._labels: list[tuple[LabelGuard, str]] = []
         self._llm: dict[tuple[Any, ...], LlmPlan] = {}
         self._prediction: dict[tuple[Any, ...], PredictionPlan] = {}
         self._feedback: dict[tuple[Any, ...], FeedbackPlan] = {}
@@ -133,7 +130,20 @@ class Planner:
         guarded = guard(value)
         if guard.overflowed != before:
             self._overflowed = True
+        else:
+            self._labels.append((guard, guarded))
         return guarded
+
+    def take_labels(self) -> Labels:
+        labels = tuple(self._labels)
+        self._labels.clear()
+        return labels
+
+    def forget(self) -> None:
+        """Drop every cached plan (values they hold aged out)."""
+        self._llm.clear()
+        self._prediction.clear()
+        self._feedback.clear()
 
     def _cache(self, plans: dict[tuple[Any, ...], _P], key: tuple[Any, ...], plan: _P) -> _P:
         """Keep ``plan`` unless building it replaced a label with ``_OTHER`` (then every event must
@@ -206,9 +216,9 @@ class Planner:
         if e.human_handoff:
             per_event.append(sum_of(m.lab_handoffs, tenant))
             per_event.append(sum_of(m.outcomes, {**tenant, "outcome": "human_handoff"}))
-        values = _fields(e, _LLM, provider=provider, error=error, cost_source=source)
+        values = constant_values(e, _LLM, provider=provider, error=error, cost_source=source)
         return LlmPlan(
-            emit=_new_emit(e, f"{e.operation} {e.model}", otlp.KIND_CLIENT, error, _LLM, values),
+            emit=new_emit(e, f"{e.operation} {e.model}", otlp.KIND_CLIENT, error, _LLM, values),
             price=price,
             cost_source=source,
             base=base,
@@ -223,6 +233,7 @@ class Planner:
             tokens=sum_of(m.lab_tokens, {"business_id": business, "model": model}),
             lab_cost=sum_of(m.lab_cost, tenant),
             unpriced=sum_of(m.unpriced, {"gen_ai.request.model": model}),
+            labels=self.take_labels(),
         )
 
     def prediction(self, e: Prediction) -> PredictionPlan:
@@ -238,10 +249,14 @@ class Planner:
                 "prediction_result": label("prediction_result", e.result or "none"),
                 "status": "success" if error is None else "error",
             }
-            values = _fields(e, _PREDICTION, error=error)
-            emit = _new_emit(e, f"predict {e.model}", otlp.KIND_INTERNAL, error, _PREDICTION, values)
+            values = constant_values(e, _PREDICTION, error=error)
+            emit = new_emit(e, f"predict {e.model}", otlp.KIND_INTERNAL, error, _PREDICTION, values)
             per_event = (sum_of(m.predictions, result), sum_of(m.processed, {"kind": "prediction"}))
-            plan = self._cache(self._prediction, key, PredictionPlan(emit, model, key_of(ids), per_event))
+            plan = self._cache(
+                self._prediction,
+                key,
+                PredictionPlan(emit, model, key_of(ids), per_event, self.take_labels()),
+            )
         return plan
 
     def feedback(self, e: Feedback) -> FeedbackPlan:
@@ -254,25 +269,8 @@ class Planner:
                 "model_version": label("model_version", e.model_version),
                 "correct": "true" if e.correct else "false",
             }
-            values = _fields(e, _FEEDBACK)
-            emit = _new_emit(e, f"feedback {e.model}", otlp.KIND_INTERNAL, None, _FEEDBACK, values)
+            values = constant_values(e, _FEEDBACK)
+            emit = new_emit(e, f"feedback {e.model}", otlp.KIND_INTERNAL, None, _FEEDBACK, values)
             per_event = (sum_of(m.feedback, counts), sum_of(m.processed, {"kind": "feedback"}))
-            plan = self._cache(self._feedback, key, FeedbackPlan(emit, per_event))
+            plan = self._cache(self._feedback, key, FeedbackPlan(emit, per_event, self.take_labels()))
         return plan
-
-
-def _new_emit(event: Event, name: str, kind: int, error: str | None, fields: FieldMap, values: Attrs) -> Emit:
-    kind_name = KIND_OF[type(event)]
-    severity = otlp.SEVERITY_ERROR if error else otlp.SEVERITY_INFO
-    return Emit(
-        kind=kind_name,
-        level="error" if error else "info",
-        span_head=otlp.span_head(name, kind),
-        span_attributes=otlp.span_attributes(fields.constant_span(values)),
-        span_status=otlp.span_status(error),
-        log_head=otlp.log_head(
-            severity, f"otel_service.{kind_name}", {"kind": kind_name, "business_id": event.business_id}
-        ),
-        log_fields=fields.constant_log(values),
-        fields=fields,
-    )

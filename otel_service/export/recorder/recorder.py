@@ -10,18 +10,20 @@ a replay after a restart can do either alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...model.events import Event, LlmCall, Prediction
 from ...model.pricing import PriceTable, cost_of
 from ...spool.record import Envelope
+from ...telemetry.cardinality import GUARDED_ATTRIBUTES, LabelGuard
 from ...telemetry.drift import DriftTracker
 from ...telemetry.instruments import WorkerInstruments
 from ...telemetry.logs import EventLogger
 from .. import otlp
-from .plans import Emit, LlmPlan, Planner, PredictionPlan
+from .emit import Emit
+from .plans import FeedbackPlan, LlmPlan, Planner, PredictionPlan
 from .sums import Attrs, Sums, sum_of
 
 __all__ = ["Recorded", "Recorder"]
@@ -65,6 +67,8 @@ class Recorder:
         default_provider: str = "_OTHER",
         max_tenants: int = 200,
         max_label_values: int = 200,
+        kept_labels: Mapping[str, Iterable[str]] | None = None,
+        label_idle_seconds: float = 0.0,
         drift: DriftTracker | None = None,
     ) -> None:
         self._m = instruments
@@ -77,39 +81,75 @@ class Recorder:
             default_provider=default_provider,
             max_tenants=max_tenants,
             max_label_values=max_label_values,
+            kept=kept_labels,
+            idle_seconds=label_idle_seconds,
         )
         self._timestamp = _Timestamps()
+
+    def guards_state(self) -> dict[str, Any]:
+        """Which values each label guard admitted (saved with the metric totals)."""
+        return {name: guard.dump() for name, guard in self._plans.guards.items()}
+
+    def restore_guards(self, state: dict[str, Any]) -> None:
+        for name, dumped in state.items():
+            guard = self._plans.guards.get(name)
+            if guard is not None:
+                guard.restore(dumped)
 
     def record(self, envelopes: Sequence[Envelope], *, replay: int = 0, counted: int = 0) -> Recorded:
         """Record the metrics of all but the first ``counted`` envelopes, and emit (log line, span,
         OTLP log record) all but the first ``replay`` — the prefixes a restart had already done."""
         out = Recorded()
         sums = Sums()
+        guards = self._plans.guards.values()
+        now = time.time()
+        for guard in guards:
+            guard.now = now
+        used: dict[int, LlmPlan | PredictionPlan | FeedbackPlan] = {}
         for index, env in enumerate(envelopes):
             event = env.event
             if isinstance(event, LlmCall):
-                self._llm(env, event, sums if index >= counted else None, out if index >= replay else None)
+                plan: LlmPlan | PredictionPlan | FeedbackPlan = self._llm(
+                    env, event, sums if index >= counted else None, out if index >= replay else None
+                )
             elif isinstance(event, Prediction):
-                plan = self._plans.prediction(event)
+                plan = prediction = self._plans.prediction(event)
                 if index >= counted:
-                    self._prediction_metrics(env, event, plan, sums)
+                    self._prediction_metrics(env, event, prediction, sums)
                 if index >= replay:
-                    self._emit(env, plan.emit, event.duration_ms, (), out)
+                    self._emit(env, prediction.emit, event.duration_ms, (), out)
             else:  # feedback: counters, and a span and log without values of their own
-                feedback = self._plans.feedback(event)
+                plan = self._plans.feedback(event)
                 if index >= counted:
-                    sums.add_event(feedback.per_event)
+                    sums.add_event(plan.per_event)
                 if index >= replay:
-                    self._emit(env, feedback.emit, 0.0, (), out)
-        for guard in self._plans.guards.values():
+                    self._emit(env, plan.emit, 0.0, (), out)
+            used[id(plan)] = plan
+        for guard in guards:
             overflow = guard.take_overflow()
             if overflow:
                 sums.add(sum_of(self._m.label_overflow, {"attribute": guard.name}), overflow)
         sums.flush()
+        self._age_labels(guards, used.values())
         self._logger.flush()
         return out
 
-    def _llm(self, env: Envelope, e: LlmCall, sums: Sums | None, out: Recorded | None) -> None:
+    def _age_labels(
+        self, guards: Iterable[LabelGuard], used: Iterable[LlmPlan | PredictionPlan | FeedbackPlan]
+    ) -> None:
+        """Mark the label values of the plans a batch used as seen; merge the series of values that
+        aged out into ``_OTHER`` (after the batch's sums: none of them comes back) and count them."""
+        for plan in used:
+            for guard, value in plan.labels:
+                guard.touch(value)
+        for guard in guards:
+            aged = guard.take_aged()
+            if aged:
+                self._m.fold(GUARDED_ATTRIBUTES[guard.name], frozenset(aged))
+                self._m.label_aged_out.add_key((("attribute", guard.name),), len(aged))
+                self._plans.forget()
+
+    def _llm(self, env: Envelope, e: LlmCall, sums: Sums | None, out: Recorded | None) -> LlmPlan:
         plan = self._plans.llm(e)
         total = e.total_tokens
         if total is None and (e.input_tokens is not None or e.output_tokens is not None):
@@ -127,6 +167,7 @@ class Recorder:
             self._llm_metrics(env, e, plan, total, cost.by_type, cost_usd, sums)
         if out is not None:
             self._emit(env, plan.emit, e.duration_ms, (total, cost_usd), out)
+        return plan
 
     def _llm_metrics(
         self,

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.metrics import Counter
+from ...telemetry.aggregates import FastCounter
+from ...telemetry.histograms import Key
 
 __all__ = ["Attrs", "Key", "Sum", "Sums", "key_of", "sum_of"]
 
 Attrs = dict[str, Any]
-#: A histogram's attribute set as the items tuple ``FastHistogram.record_key`` takes.
-Key = tuple[tuple[str, Any], ...]
 
 
 def key_of(attrs: Attrs) -> Key:
@@ -23,11 +22,11 @@ class Sum:
     """One counter and attribute set, with its key in ``Sums``."""
 
     key: tuple[int, Key]
-    counter: Counter
+    counter: FastCounter
     attrs: Attrs
 
 
-def sum_of(counter: Counter, attrs: Attrs) -> Sum:
+def sum_of(counter: FastCounter, attrs: Attrs) -> Sum:
     return Sum((id(counter), tuple(attrs.items())), counter, attrs)
 
 
@@ -61,6 +60,6 @@ class Sums:
             for entry in entries:
                 self.add(entry, events)
         self._events.clear()
-        for entry, value in self._sums.values():
-            entry.counter.add(value, entry.attrs)
+        for entry, value in self._sums.values():  # the recording worker holds the counters' lock
+            entry.counter.add_key(entry.key[1], value)
         self._sums.clear()
