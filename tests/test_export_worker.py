@@ -15,7 +15,8 @@ from otel_service.config import Settings
 from otel_service.export.sender import Sender, SendResult
 from otel_service.export.worker import ExportWorker
 from otel_service.runtime.export_host import wire_export
-from otel_service.spool import SpoolWriter, end_position
+from otel_service.spool import Cursor, Position, SpoolWriter, end_position
+from otel_service.spool.cursor import write_cursor
 from otel_service.spool.record import encode_envelope
 
 from .conftest import envelope
@@ -124,3 +125,24 @@ def test_a_delivery_thread_that_dies_ends_the_worker_instead_of_hanging(tmp_path
     assert [str(e) for e in errors] == ["the delivery thread ended"]
     assert not worker.caught_up()
     assert worker.status.to_json()["exported"] == {}
+
+
+def test_a_checkpoint_taken_while_counted_events_are_read_again_keeps_its_position(tmp_path: Path) -> None:
+    """Events already in the restored totals are read again (their delivery lagged): a checkpoint then
+    still covers them, so a second restart does not count them twice."""
+    SpoolWriter(tmp_path).append([encode_envelope(envelope(n)) for n in range(8)])
+    settings = Settings.from_env({"OTELSVC_SPOOL_DIR": str(tmp_path), "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4"})
+
+    def run(steps: int) -> float:
+        parts = wire_export(settings, log_stream=io.BytesIO())
+        for _ in range(steps):
+            parts.worker.step()
+        parts.worker.checkpoint()
+        parts.worker.close()
+        return sum(total for _, total in parts.metrics.aggregates.dump()["counters"]["ai_requests"])
+
+    assert run(2) == 8
+    start = Position(1, 0)
+    write_cursor(tmp_path, Cursor(delivered=start, metrics=end_position(tmp_path), inflight=start))
+    assert run(1) == 8  # half of them read again, not counted again, and a checkpoint taken then
+    assert run(2) == 8

@@ -36,8 +36,8 @@ from .sender import Sender
 __all__ = ["ExportStatus", "ExportWorker", "MetricState"]
 
 _POLL_SECONDS = 0.005
-#: How often the metric totals are saved when nothing exposed them meanwhile (what a restart
-#: replays, and how long recorded events keep their segment).
+#: How often the metric totals are saved when events were recorded and nothing exposed them
+#: meanwhile (what a restart replays, and how long recorded events keep their segment).
 CHECKPOINT_SECONDS = 1.0
 
 
@@ -120,8 +120,11 @@ class ExportWorker:
                     time.sleep(_POLL_SECONDS)
                 elif processed < self._batch_size:
                     self._stop.wait(self._linger)  # a stop ends the wait: drain at once
-                if time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS:
-                    self.checkpoint()
+                if (
+                    self._progress.recorded > self._progress.metrics
+                    and time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS
+                ):
+                    self.checkpoint()  # (pushes and scrapes save what else changed, first)
                 if self._past_deadline():
                     break
         finally:
@@ -134,6 +137,10 @@ class ExportWorker:
         """Ask ``run`` to drain what it can within ``timeout`` seconds and return."""
         self._deadline = time.monotonic() + timeout
         self._stop.set()
+
+    def close(self) -> None:
+        """Let go of the spool (its reader lock), after ``run``."""
+        self._reader.close()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until everything spooled so far is delivered (tests, benchmarks)."""
@@ -182,7 +189,10 @@ class ExportWorker:
         saved totals, and a restart never makes a series go back."""
         with self._checkpoint_lock:
             with self.metrics_lock:
-                taken = Checkpoint(self._progress.recorded, self._state.dump())
+                # The totals hold every event before the restored checkpoint too (replayed after a
+                # restart without being counted again): never save them at an earlier position.
+                covered = max(self._progress.recorded, self._progress.metrics)
+                taken = Checkpoint(covered, self._state.dump())
                 if collect is not None:
                     collect()
             self._checkpointed_at = time.monotonic()
