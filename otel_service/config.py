@@ -263,7 +263,7 @@ class Settings:
         "OTELSVC_SPOOL_MAX_BYTES",
         1 << 30,
         "bound on undelivered spool bytes; at it intake answers 503 (delivered events wait on disk for "
-        "the next metric push, up to twice this in all)",
+        "the next metric checkpoint, up to twice this in all)",
         parse=_integer(1 << 16),
         shown="1073741824",
     )
