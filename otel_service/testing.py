@@ -197,58 +197,44 @@ class OtlpReceiver:
                 for record in scope_logs.log_records
             ]
 
+    def _metric_points(self, names: tuple[str, ...]) -> Iterator[tuple[str, Any, Any]]:
+        """(``service.instance.id``, metric, data point) of every point of the metrics ``names``."""
+        with self._lock:
+            requests = list(self.requests["metrics"])
+        for request in requests:
+            for resource_metrics in request.resource_metrics:
+                instance = next(
+                    (kv.value.string_value for kv in resource_metrics.resource.attributes
+                     if kv.key == "service.instance.id"),
+                    "",
+                )  # fmt: skip
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        kind = metric.WhichOneof("data")
+                        if metric.name in names and kind is not None:
+                            for point in getattr(metric, kind).data_points:
+                                yield instance, metric, point
+
     def metric_identities(self, *names: str) -> set[tuple[str, int]]:
         """Every (``service.instance.id``, series start time) that sent a point of the metrics
         ``names``: one per continuous series."""
-        found: set[tuple[str, int]] = set()
-        with self._lock:
-            for request in self.requests["metrics"]:
-                for resource_metrics in request.resource_metrics:
-                    instance = next(
-                        (kv.value.string_value for kv in resource_metrics.resource.attributes
-                         if kv.key == "service.instance.id"),
-                        "",
-                    )  # fmt: skip
-                    for scope_metrics in resource_metrics.scope_metrics:
-                        for metric in scope_metrics.metrics:
-                            kind = metric.WhichOneof("data")
-                            if metric.name not in names or kind not in ("sum", "histogram"):
-                                continue
-                            for point in getattr(metric, kind).data_points:
-                                found.add((instance, point.start_time_unix_nano))
-        return found
+        return {
+            (instance, point.start_time_unix_nano)
+            for instance, metric, point in self._metric_points(names)
+            if metric.HasField("sum") or metric.HasField("histogram")
+        }
 
     def metric_total(self, name: str) -> float:
         """The total of a cumulative metric across sidecar restarts: for each instance
         (``service.instance.id``), the sum over attribute sets of its last exported value
         (data point ``count`` for histograms, ``as_double``/``as_int`` for sums)."""
         last: dict[tuple[str, tuple[Any, ...]], float] = {}
-        with self._lock:
-            for request in self.requests["metrics"]:
-                for resource_metrics in request.resource_metrics:
-                    instance = next(
-                        (kv.value.string_value for kv in resource_metrics.resource.attributes
-                         if kv.key == "service.instance.id"),
-                        "",
-                    )  # fmt: skip
-                    for scope_metrics in resource_metrics.scope_metrics:
-                        for metric in scope_metrics.metrics:
-                            if metric.name != name:
-                                continue
-                            points: Any = (
-                                metric.histogram.data_points
-                                if metric.HasField("histogram")
-                                else metric.sum.data_points
-                            )
-                            for point in points:
-                                key = (
-                                    instance,
-                                    tuple(sorted((kv.key, str(kv.value)) for kv in point.attributes)),
-                                )
-                                if metric.HasField("histogram"):
-                                    last[key] = float(point.count)
-                                else:
-                                    last[key] = point.as_double or float(point.as_int)
+        for instance, metric, point in self._metric_points((name,)):
+            key = (instance, tuple(sorted((kv.key, str(kv.value)) for kv in point.attributes)))
+            if metric.HasField("histogram"):
+                last[key] = float(point.count)
+            elif metric.HasField("sum"):
+                last[key] = point.as_double or float(point.as_int)
         return sum(last.values())
 
     def metrics(self) -> list[Metric]:

@@ -128,8 +128,7 @@ def test_a_delivery_thread_that_dies_ends_the_worker_instead_of_hanging(tmp_path
 
 
 def test_a_checkpoint_taken_while_counted_events_are_read_again_keeps_its_position(tmp_path: Path) -> None:
-    """Events already in the restored totals are read again (their delivery lagged): a checkpoint then
-    still covers them, so a second restart does not count them twice."""
+    """A checkpoint taken while counted events are read again still covers them: no double count."""
     SpoolWriter(tmp_path).append([encode_envelope(envelope(n)) for n in range(8)])
     settings = Settings.from_env({"OTELSVC_SPOOL_DIR": str(tmp_path), "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4"})
 

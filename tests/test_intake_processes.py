@@ -29,8 +29,8 @@ from .conftest import Sidecar, StartApp, envelope, free_port, run_cli, wait_read
 EVENT = {"kind": "llm_call", "model": "gpt-4o", "duration_ms": 20, "input_tokens": 3, "output_tokens": 4}
 
 
-def _envelopes(count: int) -> list[bytes]:
-    return [encode_envelope(envelope(n)) for n in range(count)]
+def _envelopes(count: int, first: int = 0) -> list[bytes]:
+    return [encode_envelope(envelope(n)) for n in range(first, first + count)]
 
 
 def _spools(tmp_path: Path, records: int) -> tuple[Path, SpoolWriter, SpoolWriter]:
@@ -69,19 +69,35 @@ def test_shard_records_are_copied_into_the_main_spool_once(tmp_path: Path) -> No
     assert (merger.copied, merger.duplicates) == (3, 0)
 
 
-def test_a_copy_cut_short_by_a_crash_is_copied_again_and_counted(tmp_path: Path) -> None:
-    """Appended but not committed when the process died: copied again, counted as possible duplicates."""
+def test_a_copy_cut_short_by_a_crash_is_not_copied_twice(tmp_path: Path) -> None:
+    """Appended but not committed when the process died: found in the main spool, not copied again."""
     spool, shard, main = _spools(tmp_path, 2)
     crashed = _merger(main, spool)
     assert crashed.copy() == 2
     crashed.close()  # no commit: the process died between the append and the cursor
-    shard.append(_envelopes(1))
+    main.append(_envelopes(1, first=10))  # the first process's own events after the copy
+    shard.append(_envelopes(1, first=20))
     restarted = _merger(main, spool)
-    assert restarted.copy() == 3
+    assert restarted.copy() == 1
     restarted.commit()
     restarted.close()
-    assert restarted.duplicates == 2
-    assert len(_main_records(spool)) == 5  # at least once: the two again, and the new one
+    assert (restarted.skipped, restarted.duplicates) == (2, 0)
+    assert [e.correlation_id for e in _main_records(spool)] == ["c-0", "c-1", "c-10", "c-20"]
+
+
+def test_a_copy_cut_short_whose_landing_was_consumed_is_copied_again_and_counted(tmp_path: Path) -> None:
+    """If the part of the main spool the copy went to is gone, it is copied again, as possible duplicates."""
+    spool, _, main = _spools(tmp_path, 2)
+    crashed = _merger(main, spool)
+    assert crashed.copy() == 2
+    crashed.close()
+    (shard_dir(spool, 1) / "copying").write_text("0 0")  # a segment the export side deleted
+    restarted = _merger(main, spool)
+    assert restarted.copy() == 2
+    restarted.commit()
+    restarted.close()
+    assert (restarted.skipped, restarted.duplicates) == (0, 2)
+    assert len(_main_records(spool)) == 4  # at least once: the two again
 
 
 def test_published_counters_round_trip_and_add_up() -> None:

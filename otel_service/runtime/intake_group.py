@@ -267,10 +267,12 @@ class IntakeGroup:
         return rows
 
     def shard_counts(self) -> dict[str, int]:
-        """What copying shards did: records copied, copied again after a crash, corrupt bytes skipped."""
+        """What copying shards did: records copied; after a crash, found already copied (skipped) or
+        copied again without knowing (possible duplicates); corrupt bytes skipped."""
         merger = self.merger
         return {
             "copied": merger.copied,
+            "already_copied": merger.skipped,
             "possible_duplicate": merger.duplicates,
             "corrupt_bytes": merger.corrupt_bytes,
         }

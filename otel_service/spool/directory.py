@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cursor import Position, read_cursor
-from .frame import HEADER, MAX_RECORD_BYTES
+from .frame import HEADER, MAX_RECORD_BYTES, parse_frames
 
 __all__ = [
     "SpoolLocked",
@@ -25,6 +25,7 @@ __all__ = [
     "first_pending",
     "lock",
     "pending_segments",
+    "records_after",
     "segment_name",
     "segment_numbers",
     "stats",
@@ -122,6 +123,20 @@ def count_records(directory: Path, start: Position) -> tuple[int, Position]:
             continue
         position = Position(number, offset)
     return count, position
+
+
+def records_after(directory: Path, start: Position) -> list[bytes]:
+    """The payloads of the whole, valid records from ``start`` to the end of the spool (read without
+    the reader's lock: the export side may be reading them too). Segments already deleted are
+    skipped."""
+    found: list[bytes] = []
+    for number, offset in pending_segments(directory, start):
+        try:
+            data = (directory / segment_name(number)).read_bytes()[offset:]
+        except FileNotFoundError:
+            continue
+        parse_frames(data, found, [], len(data), Position(number, offset))
+    return found
 
 
 def first_pending(directory: Path) -> bytes | None:

@@ -2,9 +2,12 @@
 (``<spool>/intake-N``), and the first moves what the shards hold into the main spool, which the export
 side reads. An event is owned once it is in a shard, as it is once in the main spool.
 
-Copying is at-least-once: a shard's cursor records the end of the batch being copied before the copy
-(``inflight``), and moves past it after; a crash in between copies that batch again on the next start,
-where it is counted as possible duplicates.
+Copying is exactly once: before a batch is appended to the main spool, the shard's cursor records the
+batch's end (``inflight``) and ``copying`` where in the main spool it lands; the cursor moves past it
+after. After a crash in between, the next start reads the main spool from there and copies again only
+the records it does not find (byte for byte: each holds its own span ID). Only if that part of the main
+spool is gone already (the export side consumed it) are the records copied again and counted as
+possible duplicates.
 
 A shard also holds its process's published counters (``stats.json``), which the first process adds to
 its own.
@@ -20,6 +23,7 @@ from typing import Any
 import orjson
 
 from .cursor import Cursor, Position
+from .directory import records_after, segment_numbers
 from .reader import SpoolReader
 from .writer import SpoolWriter
 
@@ -27,6 +31,7 @@ __all__ = ["ShardMerger", "forget_published", "publish", "read_published", "shar
 
 _PREFIX = "intake-"
 _PUBLISHED = "stats.json"
+_COPYING = "copying"
 
 
 def shard_dir(spool_dir: Path, index: int) -> Path:
@@ -72,11 +77,14 @@ class ShardMerger:
         self._writer = writer
         self._shards = shards
         self._readers: dict[Path, SpoolReader] = {}
-        #: Per shard, the end of a copy that was under way when the previous process stopped.
-        self._suspect: dict[Path, Position] = {}
+        #: Per shard, the end of a copy that was under way when the previous process stopped, and
+        #: what the main spool holds from where it was to land (None: not known any more).
+        self._suspect: dict[Path, tuple[Position, set[bytes] | None]] = {}
         self._pending: list[tuple[SpoolReader, Position]] = []
-        #: Records copied, and copied again after a crash (possible duplicates downstream).
+        #: Records copied; after a crash, found already copied (skipped), and copied again without
+        #: knowing (possible duplicates downstream).
         self.copied = 0
+        self.skipped = 0
         self.duplicates = 0
         #: Bytes of torn or corrupt frames skipped in shards (a process killed mid-write).
         self.corrupt_bytes = 0
@@ -87,8 +95,19 @@ class ShardMerger:
             if reader is None:
                 reader = self._readers[directory] = SpoolReader(directory)
                 if reader.cursor.inflight > reader.cursor.committed:
-                    self._suspect[directory] = reader.cursor.inflight
+                    self._suspect[directory] = (reader.cursor.inflight, self._landed(directory))
             yield reader
+
+    def _landed(self, shard: Path) -> set[bytes] | None:
+        """The main spool's records from where the shard's interrupted copy was to land."""
+        try:
+            segment, offset = map(int, (shard / _COPYING).read_text().split())
+        except (FileNotFoundError, ValueError):
+            return None
+        main = self._writer.directory
+        if segment not in segment_numbers(main):
+            return None  # consumed and deleted already: what was copied cannot be told any more
+        return set(records_after(main, Position(segment, offset)))
 
     def copy(self, max_records: int = 4096) -> int:
         """Append what the shards hold (up to ``max_records`` from each) to the main spool; ``commit``
@@ -101,24 +120,43 @@ class ShardMerger:
                 reader.corrupt_bytes = 0
             if not payloads:
                 continue
+            suspect = self._suspect.get(reader.directory)
+            if suspect is not None:
+                payloads = self._not_copied(payloads, ends, *suspect)
+                if ends[-1] >= suspect[0]:
+                    del self._suspect[reader.directory]
             committed = reader.cursor.committed
+            _save_copying(reader.directory, self._writer.end)
             reader.save(Cursor(committed, committed, ends[-1]))
             try:
-                self._writer.append(payloads)
+                if payloads:
+                    self._writer.append(payloads)
             except OSError:  # read again from the cursor next time: nothing of this batch is copied
                 reader.save(Cursor.at(committed))
                 reader.close()
                 del self._readers[reader.directory]
                 raise
-            suspect = self._suspect.get(reader.directory)
-            if suspect is not None:
-                self.duplicates += sum(1 for end in ends if end <= suspect)
-                if ends[-1] >= suspect:
-                    del self._suspect[reader.directory]
             self._pending.append((reader, ends[-1]))
             total += len(payloads)
         self.copied += total
         return total
+
+    def _not_copied(
+        self, payloads: list[bytes], ends: list[Position], suspect: Position, landed: set[bytes] | None
+    ) -> list[bytes]:
+        """``payloads`` but those the interrupted copy (up to ``suspect``) put in the main spool."""
+        kept = []
+        for payload, end in zip(payloads, ends, strict=True):
+            if end > suspect:
+                kept.append(payload)
+            elif landed is None:
+                self.duplicates += 1
+                kept.append(payload)
+            elif payload in landed:
+                self.skipped += 1
+            else:
+                kept.append(payload)
+        return kept
 
     def commit(self) -> None:
         """Move the shards' cursors past what ``copy`` appended (deleting copied segments)."""
@@ -130,3 +168,9 @@ class ShardMerger:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+
+
+def _save_copying(shard: Path, position: Position) -> None:
+    tmp = shard / (_COPYING + ".tmp")
+    tmp.write_text(f"{position.segment} {position.offset}")
+    os.replace(tmp, shard / _COPYING)

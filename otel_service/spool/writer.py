@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from .cursor import Position
 from .directory import lock, segment_name, segment_numbers
 from .frame import frames
 
@@ -37,6 +38,11 @@ class SpoolWriter:
 
     def _open(self, number: int) -> int:
         return os.open(self.directory / segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    @property
+    def end(self) -> Position:
+        """Where the next record goes (at the latest: an append may start a new segment first)."""
+        return Position(self._number, self._written)
 
     def append(self, payloads: Iterable[bytes]) -> int:
         """Append records in one write; returns the bytes written. Raises ``OSError`` on failure."""

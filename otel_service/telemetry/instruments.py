@@ -318,7 +318,8 @@ class IntakeInstruments:
             lambda: {(outcome,): n for outcome, n in shards().items() if n and outcome != "corrupt_bytes"},
             unit="{event}",
             description="Events copied from other intake processes' spool shards into the main spool "
-            "(copied), and copied again after a crash (possible_duplicate).",
+            "(copied); after a crash, found copied already and skipped (already_copied), or copied "
+            "again because that could not be told any more (possible_duplicate).",
         )
         aggregates.observe_counter(
             "otel_service.intake.shard.corrupt",

@@ -25,6 +25,12 @@ __all__ = ["PrometheusOtlpReader"]
 _log = diagnostics()
 
 
+def _collect_only(collect: Callable[[], None]) -> bool:
+    """The checkpoint of a reader whose totals are not saved: collect, nothing to save."""
+    collect()
+    return True
+
+
 class PrometheusOtlpReader(PrometheusMetricReader):
     """A Prometheus reader that also pushes its (cumulative) data to an OTLP exporter periodically.
 
@@ -59,7 +65,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         self._pushing = False
         self._pending: MetricsData | None = None
         self._stop = threading.Event()
-        self._checkpoint: Callable[[Callable[[], None]], bool] | None = None
+        self._checkpoint: Callable[[Callable[[], None]], bool] = _collect_only
         self._received = False
         # Scrapes and pushes must not interleave: route the scrape callback through the lock.
         self._collector._callback = self._scrape  # type: ignore[assignment]
@@ -127,11 +133,8 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         return data
 
     def _scrape(self) -> None:
-        with self._lock:
-            if self._checkpoint is None:
-                self._collect_all()
-            else:  # rendered even if the totals could not be saved: a scrape cannot wait
-                self._checkpoint(self._collect_all)
+        with self._lock:  # rendered even if the totals could not be saved: a scrape cannot wait
+            self._checkpoint(self._collect_all)
 
     def push(self, timeout: float | None = None) -> bool:
         """Collect and export now (within ``timeout`` seconds, default the export timeout);
@@ -146,11 +149,7 @@ class PrometheusOtlpReader(PrometheusMetricReader):
         with self._lock:
             self._pushing = True
             try:
-                if self._checkpoint is None:
-                    collect()
-                    saved = True
-                else:
-                    saved = self._checkpoint(collect)
+                saved = self._checkpoint(collect)
             finally:
                 self._pushing = False
             data, self._pending = self._pending, None
