@@ -381,6 +381,15 @@ class Settings:
     default_provider: str = _setting(
         "OTELSVC_DEFAULT_PROVIDER", "_OTHER", "gen_ai.provider.name when neither sent nor inferable"
     )
+    read_after_write: float = _setting(
+        "OTELSVC_READ_AFTER_WRITE_MS",
+        0.25,
+        "how long /metrics and /health/detailed wait for export to record every event acknowledged "
+        "before the read (read-your-writes); past it they answer as they are and count a stale read; "
+        "0 = no wait",
+        parse=_seconds(0, millis=True),
+        shown="250",
+    )
     shutdown_timeout: float = _setting(
         "OTELSVC_SHUTDOWN_TIMEOUT",
         10.0,

@@ -88,6 +88,7 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "OTELSVC_MAX_BODY_BYTES": ("2048", {"max_body_bytes": 2048}),
     "OTELSVC_MAX_BATCH_ITEMS": ("10", {"max_batch_items": 10}),
     "OTELSVC_MAX_TENANTS": ("5", {"max_tenants": 5}),
+    "OTELSVC_READ_AFTER_WRITE_MS": ("100", {"read_after_write": 0.1}),
     "OTELSVC_LABEL_IDLE_SECONDS": ("600", {"label_idle_seconds": 600.0}),
     "OTELSVC_KEEP_TENANTS": ("acme, globex,", {"keep_tenants": ("acme", "globex")}),
     "OTELSVC_KEEP_MODELS": ("gpt-4o", {"keep_models": ("gpt-4o",)}),

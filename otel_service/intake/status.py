@@ -22,7 +22,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from .._version import __version__
 from ..model.errors import Unavailable
+from ..spool import Position
 from .accept import IntakeStats
+from .fresh import FreshReads
 from .handlers import Service
 from .server import Routes, json_response
 
@@ -48,6 +50,10 @@ class ExportView(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
+    async def recorded(self) -> Position | None:
+        """The end of the last batch whose metrics are recorded, in the main spool (None: unknown)."""
+        ...
+
 
 @dataclass
 class Status:
@@ -63,6 +69,8 @@ class Status:
     processes: Callable[[], list[dict[str, Any]]]
     #: Why not every intake process is serving (readiness problems).
     intake_problems: Callable[[], list[str]]
+    #: Holds reads until they see every event acknowledged before them (None: no wait).
+    fresh: FreshReads | None = None
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -70,7 +78,10 @@ def _iso(seconds: float | None) -> str | None:
 
 
 async def metrics(status: Status, request: web.BaseRequest) -> web.Response:
-    """Prometheus text: the intake's own metrics and the exporter's (event) metrics."""
+    """Prometheus text: the intake's own metrics and the exporter's (event) metrics, with every event
+    acknowledged before the request counted."""
+    if status.fresh is not None:
+        await status.fresh.wait(request.path)
     exported = await status.export.metrics_text()
     own = generate_latest(status.registry)
     return web.Response(
@@ -107,6 +118,8 @@ async def ready(status: Status, request: web.BaseRequest) -> web.Response:
 
 async def health_detailed(status: Status, request: web.BaseRequest) -> web.Response:
     """Uptime, resources, request and event counts, and the export path's state."""
+    if status.fresh is not None:
+        await status.fresh.wait(request.path)
     stats = status.stats()
     process = status.process
     with process.oneshot():

@@ -25,6 +25,7 @@ from .._version import __version__
 from ..config import Settings, SettingsError
 from ..intake.accept import IntakeStats
 from ..intake.connections import JsonServer
+from ..intake.fresh import FreshReads
 from ..intake.handlers import Service, intake_handler, intake_routes
 from ..intake.server import create_status_handler
 from ..intake.status import Status, status_routes
@@ -152,8 +153,23 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
     )
     if len(group):  # one request-duration series per attribute set, whichever process served it
         service.instruments.request_duration.peers = group.published_durations
+    fresh = FreshReads(
+        settings.spool_dir,
+        group.shards,
+        copied_to=group.merger.copied_to,
+        recorded=runner.recorded,
+        stale=lambda path: service.instruments.stale_reads.add(1, {"endpoint": path}),
+        timeout=settings.read_after_write,
+    )
     status = Status(
-        service, runner, metrics.registry, psutil.Process(), group.stats, group.processes, group.problems
+        service,
+        runner,
+        metrics.registry,
+        psutil.Process(),
+        group.stats,
+        group.processes,
+        group.problems,
+        fresh,
     )
     return App(service, status, runner, group, writer, metrics)
 

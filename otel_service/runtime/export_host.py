@@ -24,7 +24,7 @@ from ..export.sender import Sender, create_sender
 from ..export.worker import ExportWorker
 from ..intake.status import READY_FILL_RATIO, ExportView
 from ..model.pricing import load_price_table
-from ..spool import SpoolReader, stats, undelivered
+from ..spool import Position, SpoolReader, stats, undelivered
 from ..spool.checkpoint import Identity, spool_identity
 from ..telemetry.instruments import WorkerInstruments, register_observables
 from ..telemetry.logs import create_event_logger
@@ -148,6 +148,9 @@ class ThreadRunner:
 
     async def metrics_text(self) -> bytes:
         return bytes(generate_latest(self.parts.metrics.registry))
+
+    async def recorded(self) -> Position | None:
+        return self.parts.worker.recorded_to()
 
     async def status(self) -> dict[str, Any]:
         worker = self.parts.worker

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Settings
+from ..spool import Position
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from .export_host import ThreadRunner, wire_export
 
@@ -98,6 +99,10 @@ def _child_main(settings: Settings, socket_path: str) -> None:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(await runner.status())
 
+    async def recorded(_: web.Request) -> web.Response:
+        position = runner.parts.worker.recorded_to()
+        return web.json_response([position.segment, position.offset])
+
     async def stop(request: web.Request) -> web.Response:
         timeout = float(request.query.get("timeout", "10"))
         stopping.set()
@@ -108,6 +113,7 @@ def _child_main(settings: Settings, socket_path: str) -> None:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/status", status)
+        app.router.add_get("/recorded", recorded)
         app.router.add_post("/stop", stop)
         # Its one client is the first process: a request of its own still open at the exit is given up.
         web_runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
@@ -218,6 +224,15 @@ class ProcessRunner:
                 return await response.read() if response.status == 200 else b""
         except (aiohttp.ClientError, TimeoutError):
             return b""
+
+    async def recorded(self) -> Position | None:
+        """The export process's recorded position; None while it cannot answer."""
+        try:
+            async with self._client().get("http://export/recorded") as response:
+                segment, offset = await response.json()
+                return Position(int(segment), int(offset))
+        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError):
+            return None
 
     async def status(self) -> dict[str, Any]:
         try:

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -80,6 +81,11 @@ class IntakeGroup:
         self._status_runner: web.ServerRunner | None = None
         self._port = settings.port
         self._started = False
+
+    @property
+    def shards(self) -> list[Path]:
+        """The shards copied into the main spool (this run's processes', and any left over)."""
+        return self._shards
 
     def __len__(self) -> int:
         """How many intake processes besides this one."""

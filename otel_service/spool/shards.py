@@ -158,6 +158,11 @@ class ShardMerger:
                 kept.append(payload)
         return kept
 
+    def copied_to(self, shard: Path) -> Position:
+        """How far ``shard`` has been copied (and committed) into the main spool."""
+        reader = self._readers.get(shard)
+        return Position(0, 0) if reader is None else reader.cursor.committed
+
     def commit(self) -> None:
         """Move the shards' cursors past what ``copy`` appended (deleting copied segments)."""
         for reader, end in self._pending:

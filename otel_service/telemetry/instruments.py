@@ -283,6 +283,7 @@ class IntakeInstruments:
     request path), request durations go to an in-process histogram."""
 
     request_duration: FastHistogram
+    stale_reads: FastCounter
 
     @classmethod
     def create(
@@ -335,5 +336,11 @@ class IntakeInstruments:
                 unit="s",
                 description="Duration of HTTP server requests.",
                 bounds=_BUCKETS["http.server.request.duration"],
-            )
+            ),
+            stale_reads=aggregates.counter(
+                "otel_service.status.stale_reads",
+                unit="{read}",
+                description="Status reads (/metrics, /health/detailed) answered before export had "
+                "recorded every event acknowledged before them (OTELSVC_READ_AFTER_WRITE_MS passed).",
+            ),
         )
