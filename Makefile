@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 # Two installs: what running needs (`make run`), and the dev tools on top (everything else).
 RUNTIME := $(VENV)/.installed-runtime
 STAMP   := $(VENV)/.installed-dev
+# TypeScript for the test that runs the lab's own client with Node (tests/test_lab_client.py).
+LAB_NODE := tests/lab/node_modules/.installed
 export OTEL_SERVICE_CACHE ?= $(HOME)/.cache/otel-service
 
-.PHONY: run test venv lint typecheck unit e2e backends bench openapi settings-table stack clean
+.PHONY: run test venv lint typecheck unit e2e backends lab-node bench openapi settings-table stack clean
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +28,7 @@ run: $(RUNTIME)
 	$(BIN)/otel-service serve
 
 ## The whole suite: lint, types, unit + integration tests, and the end-to-end suite on real binaries.
-test: $(STAMP) backends lint typecheck
+test: $(STAMP) backends lab-node lint typecheck
 	. tools/backends.env && $(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -36,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) backends
+unit: $(STAMP) backends lab-node
 	. tools/backends.env && $(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 e2e: $(STAMP) backends
@@ -48,6 +50,15 @@ e2e: $(STAMP) backends
 backends:
 	tools/backends.sh install
 	tools/backends.sh paths > tools/backends.env
+
+## TypeScript for the test that runs the lab's client with Node, as tests/lab/package-lock.json pins it.
+## Without npm this only says so; the test then skips if node is missing too, and fails if not.
+lab-node: $(LAB_NODE)
+
+$(LAB_NODE): tests/lab/package.json tests/lab/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/lab --no-audit --no-fund && touch $(LAB_NODE); \
+	else echo "npm not found: tests/test_lab_client.py needs node and npm (npm ci --prefix tests/lab)"; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
@@ -67,4 +78,4 @@ stack: $(STAMP) backends
 	. tools/backends.env && $(BIN)/python -m tools.stack $(STACK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage tests/lab/node_modules

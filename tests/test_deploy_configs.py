@@ -74,6 +74,8 @@ KNOWN_METRICS: frozenset[str] = frozenset(
         "ai_cost_unpriced_total",
         "ai_outcomes_total",
         *_histogram("ai_message_length"),
+        *_histogram("ai_success_rate"),
+        *_histogram("ai_user_satisfaction"),
         # ML
         "ml_predictions_total",
         *_histogram("ml_prediction_duration_seconds"),

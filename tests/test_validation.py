@@ -72,14 +72,13 @@ def _single(obj: Any) -> list[Row]:
 # -- /track: invalid inputs --------------------------------------------------------------------------
 
 _LAB_INT_FIELDS = [
-    "response_time_ms",
     "tokens_used",
     "prompt_tokens",
     "completion_tokens",
     "user_message_length",
     "ai_response_length",
 ]
-_LAB_FLOAT_FIELDS = ["success_rate", "api_cost_usd"]
+_LAB_FLOAT_FIELDS = ["response_time_ms", "success_rate", "user_satisfaction", "api_cost_usd"]
 _LAB_IDENTS = ["business_id", "conversation_id", "session_id", "correlation_id"]
 _LAB_LABELS = ["model_name", "intent_detected", "response_type"]
 
@@ -113,6 +112,15 @@ TRACK_INVALID_FIELDS: list[Any] = [
         {**LAB, "response_time_ms": 86_400_001}, "response_time_ms", "invalid_field", id="over-a-day"
     ),
     pytest.param({**LAB, "success_rate": 1.5}, "success_rate", "invalid_field", id="success_rate-above-1"),
+    pytest.param(
+        {**LAB, "user_satisfaction": 5.5},
+        "user_satisfaction",
+        "invalid_field",
+        id="user_satisfaction-above-5",
+    ),
+    pytest.param(
+        {**LAB, "user_satisfaction": 80}, "user_satisfaction", "invalid_field", id="user_satisfaction-percent"
+    ),
     pytest.param({**LAB, "api_cost_usd": 1e7}, "api_cost_usd", "invalid_field", id="cost-absurd"),
     pytest.param({**LAB, "appointment_booked": 1}, "appointment_booked", "invalid_field", id="int-for-bool"),
     pytest.param(
@@ -302,8 +310,26 @@ def _expected(**changes: Any) -> dict[str, Any]:
             _dumps({**LAB, "tokens_used": INT64_MAX}), _expected(total_tokens=INT64_MAX), id="int64-max"
         ),
         pytest.param(_dumps({**LAB, "api_cost_usd": 0}), _expected(cost_usd=0.0), id="int-for-float"),
-        pytest.param(_dumps({**LAB, "success_rate": 0.0}), _expected(success=False), id="success-rate-0"),
-        pytest.param(_dumps({**LAB, "success_rate": 1}), _expected(), id="success-rate-1"),
+        pytest.param(
+            _dumps({**LAB, "success_rate": 0.0}),
+            _expected(success=False, success_rate=0.0),
+            id="success-rate-0",
+        ),
+        pytest.param(_dumps({**LAB, "success_rate": 1}), _expected(success_rate=1.0), id="success-rate-1"),
+        pytest.param(
+            _dumps({**LAB, "success_rate": 0.75}), _expected(success_rate=0.75), id="success-rate-kept"
+        ),
+        pytest.param(
+            _dumps({**LAB, "response_time_ms": 900.5}), _expected(duration_ms=900.5), id="fractional-ms"
+        ),
+        pytest.param(
+            _dumps({**LAB, "user_satisfaction": 4.5}),
+            _expected(user_satisfaction=4.5),
+            id="satisfaction-rating",
+        ),
+        pytest.param(
+            _dumps({**LAB, "user_satisfaction": 0}), _expected(user_satisfaction=0.0), id="satisfaction-zero"
+        ),
         pytest.param(
             _dumps({**LAB, "timestamp": _iso(timedelta(minutes=-5))}),
             _expected(timestamp=NOW_DT.replace(microsecond=0) - timedelta(minutes=5)),
@@ -353,6 +379,7 @@ FULL_LAB = {
     "response_type": "text",
     "model_name": "gemini-2.5-pro",
     "success_rate": 1.0,
+    "user_satisfaction": 4.0,
     "correlation_id": "req-1",
     "timestamp": NOW - 10,
 }
@@ -371,6 +398,8 @@ def test_lab_track_maps_every_field_to_the_native_llm_call() -> None:
             total_tokens=150,
             cost_usd=0.002,
             success=True,
+            success_rate=1.0,
+            user_satisfaction=4.0,
             intent="general",
             response_type="text",
             business_id="test-business",

@@ -99,6 +99,20 @@ async def track(service: Service, request: web.BaseRequest) -> web.Response:
     )
 
 
+async def refresh_metrics(service: Service, request: web.BaseRequest) -> web.Response:
+    """The lab's ``POST /refresh-metrics`` (its client calls it after every ``/track``): the lab rebuilt
+    its counters from its database; here they never start over, so there is nothing to do. The body
+    (the lab sends ``{"trigger": "new_metrics"}``) is not read."""
+    return json_response(
+        {
+            "status": "success",
+            "message": "Nothing to refresh: metric totals are continuous (kept across restarts with "
+            "the spool), so there is nothing to rebuild from a database",
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+    )
+
+
 async def events(service: Service, request: web.BaseRequest) -> web.Response:
     """``POST /v1/events``: one event, a JSON array, or NDJSON; valid items are accepted."""
     body = await read_body(request, BATCH_TYPES, service.settings.max_body_bytes)
@@ -137,6 +151,20 @@ async def openapi(service: Service, request: web.BaseRequest) -> web.Response:
     return json_response(openapi_document())
 
 
+#: The dashboard's icon (any browser page's /favicon.ico): an SVG, so it needs no binary file.
+_FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#1f2937"/>'
+    b'<path d="M2 11h3l2-6 2 8 2-4h3" fill="none" stroke="#34d399" stroke-width="1.6"/></svg>'
+)
+
+
+async def favicon(service: Service, request: web.BaseRequest) -> web.Response:
+    return web.Response(
+        body=_FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
 async def dashboard(service: Service, request: web.BaseRequest) -> web.Response:
     html = resources.files("otel_service.intake").joinpath("dashboard.html").read_bytes()
     return web.Response(body=html, content_type="text/html")
@@ -146,8 +174,10 @@ def intake_routes(service: Service) -> Routes:
     """The endpoints every intake process serves itself, bound to ``service``."""
     table = {
         "/track": ("POST", track),
+        "/refresh-metrics": ("POST", refresh_metrics),
         "/v1/events": ("POST", events),
         "/openapi.json": ("GET", openapi),
         "/": ("GET", dashboard),
+        "/favicon.ico": ("GET", favicon),
     }
     return {path: {method: partial(handler, service)} for path, (method, handler) in table.items()}

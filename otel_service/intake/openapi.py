@@ -22,6 +22,34 @@ _ERROR = {
     },
 }
 
+_TIMESTAMP = {"type": "string", "format": "date-time"}
+#: ``GET /health``: the lab's fields, the version, and why not when unhealthy.
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "service", "version", "timestamp", "monitoring"],
+    "properties": {
+        "status": {"enum": ["healthy", "unhealthy"]},
+        "service": {"type": "string", "description": "OTEL_SERVICE_NAME."},
+        "version": {"type": "string"},
+        "timestamp": _TIMESTAMP,
+        "monitoring": {"const": "prometheus", "description": "The lab's field: metrics at /metrics."},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+}
+#: ``POST /refresh-metrics``: the lab's answer.
+_REFRESH = {
+    "type": "object",
+    "required": ["status", "message", "timestamp"],
+    "properties": {"status": {"const": "success"}, "message": {"type": "string"}, "timestamp": _TIMESTAMP},
+}
+
+
+def _json(description: str, ref: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
@@ -47,6 +75,8 @@ def openapi_document() -> dict[str, Any]:
         [LabTrack, LlmCall | Prediction | Feedback], ref_template="#/components/schemas/{name}"
     )
     components["Error"] = _ERROR
+    components["Health"] = _HEALTH
+    components["Refresh"] = _REFRESH
     components["BatchResult"] = {
         "type": "object",
         "required": ["accepted", "rejected", "errors"],
@@ -108,6 +138,14 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/refresh-metrics": {
+                "post": {
+                    "summary": "The lab's metrics refresh: nothing to rebuild, totals are continuous.",
+                    "description": "The lab's client calls it after every /track. Any body (the lab "
+                    'sends {"trigger": "new_metrics"}) is ignored.',
+                    "responses": {"200": _json("Nothing to do.", "Refresh"), **_errors(401, 429)},
+                }
+            },
             "/v1/events": {
                 "post": {
                     "summary": "Send one event, a JSON array of events, or NDJSON.",
@@ -139,7 +177,15 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "Metrics."}},
                 }
             },
-            "/health": {"get": {"summary": "Liveness.", "responses": {"200": {"description": "Alive."}}}},
+            "/health": {
+                "get": {
+                    "summary": "Liveness, with the lab's health fields.",
+                    "responses": {
+                        "200": _json("Alive.", "Health"),
+                        "503": _json("The export side is down and cannot be started again.", "Health"),
+                    },
+                }
+            },
             "/ready": {
                 "get": {
                     "summary": "Readiness (export path included).",
@@ -153,6 +199,12 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Uptime, resources, counts, export state.",
                     "responses": {"200": {"description": "Details."}},
+                }
+            },
+            "/favicon.ico": {
+                "get": {
+                    "summary": "The dashboard's icon (SVG).",
+                    "responses": {"200": {"description": "Icon.", "content": {"image/svg+xml": {}}}},
                 }
             },
         },

@@ -28,7 +28,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Routes = Mapping[str, Mapping[str, Handler]]
 
 _log = diagnostics()
-_OPEN_PATHS = frozenset({"/health", "/ready"})
+#: Served without the token: the probes, and the icon a browser asks for on any page.
+_OPEN_PATHS = frozenset({"/health", "/ready", "/favicon.ico"})
 #: The route label of requests for paths the sidecar does not serve.
 UNMATCHED = "unmatched"
 #: Methods named as such on the request-duration metric; any other is "_OTHER" (semantic conventions).
@@ -99,7 +100,8 @@ def create_handler(
     allowed_hosts: tuple[str, ...] = (),
 ) -> Handler:
     """The server's one request handler: finds the route, applies the guards, and turns every error
-    (domain errors, aiohttp's own 4xx, and bugs) into a JSON answer; counts and times every request.
+    (domain errors, aiohttp's own 4xx, and bugs) into a JSON answer; times every request and
+    counts those for the API's paths.
 
     Without ``auth_token``, only requests for a loopback name or one of ``allowed_hosts`` are served
     (the DNS-rebinding guard); with it, the token is the guard."""
@@ -140,9 +142,14 @@ def create_handler(
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         methods = table.get(request.path)
-        path = request.path if methods is not None else UNMATCHED
-        stats.requests += 1
-        stats.last_request = time.time()
+        # A path the API does not have (a browser's /favicon.ico, a scanner) is answered and timed
+        # (route "unmatched"), but it is not a request to the API: it counts neither as a request nor
+        # as a failure or a rejected event.
+        matched = methods is not None
+        path = request.path if matched else UNMATCHED
+        if matched:
+            stats.requests += 1
+            stats.last_request = time.time()
         origin = request.headers.get("Origin")
         allowed = origin is not None and origin in origins
         try:
@@ -159,13 +166,15 @@ def create_handler(
                     raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
                 response = await handler(request)
         except OtelServiceError as error:
-            stats.reject(path, error.reason)
+            if matched:
+                stats.reject(path, error.reason)
             response = _error_response(error)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             reason = exc.reason.lower().replace(" ", "_")
-            stats.reject(path, reason)
+            if matched:
+                stats.reject(path, reason)
             allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
             response = json_response(
                 {"error": reason, "message": exc.text or exc.reason}, status=exc.status, headers=allow
@@ -180,7 +189,7 @@ def create_handler(
         elif origins:  # the answer depends on Origin for every request once CORS is configured
             response.headers["Vary"] = "Origin"
         response.headers["Server"] = "otel-service"  # not aiohttp's, which names versions
-        if response.status >= 400:
+        if response.status >= 400 and matched:
             stats.failed_requests += 1
         method = request.method if request.method in _KNOWN_METHODS else "_OTHER"
         key = (

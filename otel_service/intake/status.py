@@ -90,11 +90,20 @@ async def metrics(status: Status, request: web.BaseRequest) -> web.Response:
 
 
 async def health(status: Status, request: web.BaseRequest) -> web.Response:
-    """Liveness: the sidecar answers, and its export side runs or is being restarted."""
+    """Liveness: the sidecar answers, and its export side runs or is being restarted. The body has the
+    lab's fields (``status``, ``service``, ``timestamp``, ``monitoring``) and the version."""
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "service": status.service.settings.service_name,
+        "version": __version__,
+        "timestamp": datetime.now(UTC).isoformat(),
+        # The lab's value: metrics are served in the Prometheus format (at /metrics).
+        "monitoring": "prometheus",
+    }
     if status.export.failed():
-        body = {"status": "unhealthy", "version": __version__, "problems": ["export process cannot start"]}
+        body.update(status="unhealthy", problems=["export process cannot start"])
         return json_response(body, status=503)
-    return json_response({"status": "healthy", "version": __version__})
+    return json_response(body)
 
 
 async def ready(status: Status, request: web.BaseRequest) -> web.Response:

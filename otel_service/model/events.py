@@ -27,7 +27,7 @@ __all__ = [
     "text_fields",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 MAX_ATTRIBUTES = 64
 MAX_FEATURES = 64
@@ -50,6 +50,13 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64)]
 Millis = Annotated[float, msgspec.Meta(ge=0, le=86_400_000)]
 Usd = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+#: The lab's ``success_rate`` (it sends 1.0 or 0.0): the figure is kept, and decides ``success``.
+LabRate = Annotated[float, msgspec.Meta(ge=0, le=1, description="0..1; below 0.5 the call counts as failed.")]
+#: A user's satisfaction with a call. The lab's ``MetricsData`` has it as a bare optional number; 0 to 5
+#: holds both a rating (1-5 stars) and a 0..1 score, and refuses what is neither.
+Satisfaction = Annotated[
+    float, msgspec.Meta(ge=0, le=5, description="The user's satisfaction: a 0..1 score or a 1-5 rating.")
+]
 HexTraceId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}" + _END)]
 HexSpanId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}" + _END)]
 #: RFC 3339 with a time zone, or Unix seconds.
@@ -113,6 +120,9 @@ class LlmCall(_Base, tag="llm_call", tag_field="kind"):
     human_handoff: bool = False
     user_message_length: Count | None = None
     response_length: Count | None = None
+    #: The app's own success figure for the call, 0..1 (the lab's ``success_rate``), beside ``success``.
+    success_rate: Ratio | None = None
+    user_satisfaction: Satisfaction | None = None
 
 
 class Prediction(_Base, tag="prediction", tag_field="kind"):
@@ -140,14 +150,15 @@ class Feedback(_Base, tag="feedback", tag_field="kind"):
 
 
 class LabTrack(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The lab's flat ``POST /track`` schema, unchanged (plus optional correlation/timestamp)."""
+    """The lab's flat ``POST /track`` schema: what its ``MetricsData`` carries, plus correlation/timestamp."""
 
     business_id: Ident
-    response_time_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)]
+    response_time_ms: Millis
     tokens_used: Count
     conversation_id: Ident | None = None
     session_id: Ident | None = None
-    success_rate: Ratio = 1.0
+    success_rate: LabRate | None = None
+    user_satisfaction: Satisfaction | None = None
     prompt_tokens: Count | None = None
     completion_tokens: Count | None = None
     api_cost_usd: Usd | None = None
@@ -171,7 +182,9 @@ class LabTrack(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             output_tokens=self.completion_tokens,
             total_tokens=self.tokens_used,
             cost_usd=self.api_cost_usd,
-            success=self.success_rate >= 0.5,
+            success=self.success_rate is None or self.success_rate >= 0.5,
+            success_rate=self.success_rate,
+            user_satisfaction=self.user_satisfaction,
             intent=self.intent_detected,
             response_type=self.response_type,
             business_id=self.business_id,

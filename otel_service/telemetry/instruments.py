@@ -49,6 +49,10 @@ LAB_DURATION_BUCKETS = (
 #: The ML lab's prediction latency buckets (seconds).
 ML_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+#: The lab's success rate (0..1) in tenths.
+RATE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: User satisfaction: tenths up to 1 (a 0..1 score), then halves up to 5 (a 1-5 rating).
+SATISFACTION_BUCKETS = (*RATE_BUCKETS, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 HTTP_DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -61,6 +65,8 @@ _BUCKETS: dict[str, Sequence[float]] = {
     "ml.prediction.duration": ML_DURATION_BUCKETS,
     "ml.prediction.confidence": CONFIDENCE_BUCKETS,
     "ai.message.length": LENGTH_BUCKETS,
+    "ai.success_rate": RATE_BUCKETS,
+    "ai.user_satisfaction": SATISFACTION_BUCKETS,
     "http.server.request.duration": HTTP_DURATION_BUCKETS,
 }
 
@@ -87,6 +93,8 @@ class WorkerInstruments:
     unpriced: FastCounter
     outcomes: FastCounter
     message_length: FastHistogram
+    success_rate: FastHistogram
+    user_satisfaction: FastHistogram
     predictions: FastCounter
     prediction_duration: FastHistogram
     prediction_confidence: FastHistogram
@@ -149,6 +157,13 @@ class WorkerInstruments:
                 description="Business outcomes of AI conversations (appointments, handoffs).",
             ),
             message_length=histogram("ai.message.length", "{char}", "Length of user and AI messages."),
+            # Dimensionless (see ml.prediction.confidence): Prometheus names stay ai_success_rate...
+            success_rate=histogram(
+                "ai.success_rate", "", "Success rate of each LLM call as the app reports it, 0..1."
+            ),
+            user_satisfaction=histogram(
+                "ai.user_satisfaction", "", "User satisfaction reported with LLM calls (0..1 or 1-5)."
+            ),
             predictions=counter(
                 "ml.predictions",
                 unit="{prediction}",

@@ -58,6 +58,8 @@ LLM_CALL = (
     Field("user_id", "user.id", "user_id"),
     Field("user_message_length", None, "user_message_length"),
     Field("response_length", None, "response_length"),
+    Field("success_rate", "app.success_rate", "success_rate"),
+    Field("user_satisfaction", "app.user_satisfaction", "user_satisfaction"),
 )
 
 PREDICTION = (

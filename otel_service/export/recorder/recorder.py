@@ -191,6 +191,10 @@ class Recorder:
             m.message_length.record_key(plan.message_user, e.user_message_length)
         if e.response_length is not None:
             m.message_length.record_key(plan.message_assistant, e.response_length)
+        if e.success_rate is not None:
+            m.success_rate.record_key(plan.tenant, e.success_rate)
+        if e.user_satisfaction is not None:
+            m.user_satisfaction.record_key(plan.tenant, e.user_satisfaction)
         sums.add_event(plan.per_event)
         if total:
             # As a double, as the SDK's own sums are: valid counts (up to 2^63-1 each) can add up
