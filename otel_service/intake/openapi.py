@@ -9,6 +9,7 @@ import msgspec
 
 from .._version import __version__
 from ..model.events import SCHEMA_VERSION, Feedback, LabTrack, LlmCall, Prediction
+from .analytics import ANALYTICS_SCHEMA, analytics_paths
 
 __all__ = ["openapi_document"]
 
@@ -47,6 +48,7 @@ def openapi_document() -> dict[str, Any]:
         [LabTrack, LlmCall | Prediction | Feedback], ref_template="#/components/schemas/{name}"
     )
     components["Error"] = _ERROR
+    components["Analytics"] = ANALYTICS_SCHEMA
     components["BatchResult"] = {
         "type": "object",
         "required": ["accepted", "rejected", "errors"],
@@ -155,6 +157,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "Details."}},
                 }
             },
+            **analytics_paths({"$ref": "#/components/schemas/Error"}),
         },
         "components": {"schemas": components},
     }

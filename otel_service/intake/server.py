@@ -24,7 +24,8 @@ from .rate_limit import RateLimiter
 __all__ = ["UNMATCHED", "Handler", "Routes", "create_handler", "create_status_handler", "json_response"]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-#: Path → method → handler. A GET route also answers HEAD.
+#: Path → method → handler. A GET route also answers HEAD. A path whose last segment is a parameter
+#: (``/analytics/{business_id}``) matches any one non-empty segment there; the handler reads it.
 Routes = Mapping[str, Mapping[str, Handler]]
 
 _log = diagnostics()
@@ -73,13 +74,29 @@ def _with_head(routes: Routes) -> dict[str, dict[str, Handler]]:
     return table
 
 
+def _router(table: Mapping[str, object]) -> Callable[[str], str | None]:
+    """The route a request path takes: itself, a template it matches, or ``None``."""
+    templates = [(path.partition("{")[0], path) for path in table if path.endswith("}")]
+
+    def route(path: str) -> str | None:
+        if path in table:
+            return path
+        for prefix, template in templates:
+            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix) :]:
+                return template
+        return None
+
+    return route
+
+
 def create_status_handler(routes: Routes) -> Handler:
     """The handler of the first intake process's unix socket, where the others forward the status
     endpoints: the forwarding process already guarded, counted and timed the request."""
     table = _with_head(routes)
+    route = _router(table)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        handler = table.get(request.path, {}).get(request.method)
+        handler = table.get(route(request.path) or "", {}).get(request.method)
         if handler is None:
             return json_response({"error": "not_found", "message": "Not Found"}, status=404)
         return await handler(request)
@@ -104,6 +121,7 @@ def create_handler(
     Without ``auth_token``, only requests for a loopback name or one of ``allowed_hosts`` are served
     (the DNS-rebinding guard); with it, the token is the guard."""
     table = _with_head(routes)
+    route = _router(table)
     token = auth_token.encode() if auth_token else None
     origins = frozenset(cors_origins)
     hosts = None if token is not None else frozenset(h.lower() for h in allowed_hosts)
@@ -139,8 +157,9 @@ def create_handler(
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        methods = table.get(request.path)
-        path = request.path if methods is not None else UNMATCHED
+        matched = route(request.path)
+        methods = None if matched is None else table[matched]
+        path = UNMATCHED if matched is None else matched
         stats.requests += 1
         stats.last_request = time.time()
         origin = request.headers.get("Origin")

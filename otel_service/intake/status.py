@@ -1,7 +1,8 @@
 """The status endpoints: ``/metrics``, ``/health``, ``/ready`` and ``/health/detailed``.
 
 They read the whole sidecar's state, so the first intake process answers them; the others forward them
-to it over a unix socket (``Forwarder``). What they need of the export side is ``ExportView``.
+to it over a unix socket (``Forwarder``), and the analytics endpoints too (``analytics``). What they
+need of the export side is ``ExportView``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from .._version import __version__
 from ..model.errors import Unavailable
 from .accept import IntakeStats
+from .analytics import ANALYTICS_PATHS, Analytics, analytics_routes
 from .handlers import Service
 from .server import Routes, json_response
 
@@ -63,6 +65,8 @@ class Status:
     processes: Callable[[], list[dict[str, Any]]]
     #: Why not every intake process is serving (readiness problems).
     intake_problems: Callable[[], list[str]]
+    #: The analytics endpoints (the event store's reader), served beside these.
+    analytics: Analytics | None = None
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -158,7 +162,7 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
 
     def routes(self) -> Routes:
-        return {path: {"GET": self.forward} for path in STATUS_PATHS}
+        return {path: {"GET": self.forward} for path in (*STATUS_PATHS, *ANALYTICS_PATHS)}
 
     async def forward(self, request: web.BaseRequest) -> web.Response:
         if self._session is None:
@@ -182,7 +186,8 @@ class Forwarder:
 
 
 def status_routes(status: Status) -> Routes:
-    """The ``STATUS_PATHS`` endpoints, bound to ``status``."""
+    """The ``STATUS_PATHS`` endpoints, bound to ``status`` (and the analytics ones, if it has them)."""
     handlers = (metrics, health, ready, health_detailed)
     pairs = zip(STATUS_PATHS, handlers, strict=True)
-    return {path: {"GET": partial(handler, status)} for path, handler in pairs}
+    routes = {path: {"GET": partial(handler, status)} for path, handler in pairs}
+    return routes if status.analytics is None else {**routes, **analytics_routes(status.analytics)}

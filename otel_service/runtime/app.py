@@ -24,12 +24,14 @@ from aiohttp import web
 from .._version import __version__
 from ..config import Settings, SettingsError
 from ..intake.accept import IntakeStats
+from ..intake.analytics import QUERY_TIMEOUT, Analytics
 from ..intake.connections import JsonServer
 from ..intake.handlers import Service, intake_handler, intake_routes
 from ..intake.server import create_status_handler
 from ..intake.status import Status, status_routes
 from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..spool.checkpoint import spool_identity
+from ..store import AnalyticsReader
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from ..telemetry.providers import (
     Metrics,
@@ -152,8 +154,16 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
     )
     if len(group):  # one request-duration series per attribute set, whichever process served it
         service.instruments.request_duration.peers = group.published_durations
+    reader = AnalyticsReader(settings.store_file, timeout=QUERY_TIMEOUT) if settings.store == "on" else None
     status = Status(
-        service, runner, metrics.registry, psutil.Process(), group.stats, group.processes, group.problems
+        service,
+        runner,
+        metrics.registry,
+        psutil.Process(),
+        group.stats,
+        group.processes,
+        group.problems,
+        Analytics(reader),
     )
     return App(service, status, runner, group, writer, metrics)
 
