@@ -7,6 +7,7 @@ own queries; the kill -9 test reads the SQLite file itself for duplicates and ga
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -603,22 +604,27 @@ def test_figures_stay_exact_after_kill_9_and_restart(receiver: OtlpReceiver, tmp
     sender.join()
     assert 0 < len(acknowledged) < len(events), "the kill must land mid-load"
     restarted = _serve(port, env, log)
+    database = (tmp_path / "spool" / "events.sqlite").resolve().as_uri() + "?mode=ro"
+
+    def stored_ids() -> list[str]:
+        with contextlib.closing(sqlite3.connect(database, uri=True)) as connection:
+            return [row[0] for row in connection.execute("SELECT correlation_id FROM events")]
+
     try:
         deadline = time.monotonic() + 60
-        previous = -1
-        while time.monotonic() < deadline:  # until every owned event is in and nothing more comes
-            total = _get(port, "/v1/analytics")["requests"]["total"]
-            if total >= len(acknowledged) and total == previous:
+        while True:  # the answers and the rows they were read from, with nothing written in between
+            before = stored_ids()
+            answers = [_get(port, "/analytics/acme") for _ in range(6)]  # through either intake process
+            export = _get(port, "/health/detailed")["export"]
+            stored = stored_ids()
+            settled = before == stored and len(stored) >= len(acknowledged)
+            if settled and all(a["requests"]["total"] == len(stored) for a in answers):
                 break
-            previous = total
+            assert time.monotonic() < deadline, "the restarted sidecar did not catch up"
             time.sleep(0.5)
-        answers = [_get(port, "/analytics/acme") for _ in range(6)]  # through either intake process
-        export = _get(port, "/health/detailed")["export"]
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(60)
-    with sqlite3.connect(tmp_path / "spool" / "events.sqlite") as connection:
-        stored = [row[0] for row in connection.execute("SELECT correlation_id FROM events")]
     assert len(stored) == len(set(stored)), "a replayed event was stored twice"
     acked_ids = {e["correlation_id"] for e in acknowledged}
     sent_ids = {e["correlation_id"] for e in events[:sent]}
