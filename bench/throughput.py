@@ -5,7 +5,10 @@ single events and batches of 100 (wrk, closed loop), and latency at a fixed 500 
 loop). Afterwards it checks that every accepted event's span and log record reached the receiver.
 
     python bench/throughput.py [--duration 15] [--connections 32] [--protocol grpc] [--fsync never]
-                               [--intake-processes auto]
+                               [--intake-processes auto] [--store on|off] [--scenarios wrk|all]
+
+``--store off`` runs the sidecar without its event store (``OTELSVC_STORE=off``), to measure what
+the store costs; ``--scenarios wrk`` runs the two closed-loop scenarios only.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Server:
         fsync: str,
         spool_root: str | None,
         intake_processes: str | None,
+        store: str = "on",
     ) -> None:
         self.port = free_port()
         self.spool = tempfile.mkdtemp(prefix="otelsvc-bench-", dir=spool_root)
@@ -80,6 +84,7 @@ class Server:
             "OTEL_METRIC_EXPORT_INTERVAL": "5000",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            "OTELSVC_STORE": store,
         }
         if intake_processes is not None:  # else the sidecar's default
             env["OTELSVC_INTAKE_PROCESSES"] = intake_processes
@@ -233,6 +238,30 @@ def scenario(
     return row
 
 
+def open_loop_scenarios(args: argparse.Namespace, server: Server, receiver: OtlpReceiver) -> list[dict]:
+    """At a fixed rate; then with the collector refusing everything, then answering slowly."""
+    rows = []
+    rows.append(scenario(
+        f"single events at {args.rate:.0f}/s (open loop)", server, receiver,
+        lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
+    ))  # fmt: skip
+    # Export off the request path: the same fixed rate with the collector refusing
+    # everything, then answering slowly (intake latency should not move).
+    receiver.fail(Failure(count=10**9))
+    rows.append(scenario(
+        f"at {args.rate:.0f}/s, collector down (503)", server, receiver,
+        lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
+        heal=receiver.heal,
+    ))  # fmt: skip
+    receiver.delay = 0.5
+    rows.append(scenario(
+        f"at {args.rate:.0f}/s, collector slow (0.5 s)", server, receiver,
+        lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
+    ))  # fmt: skip
+    receiver.delay = 0.0
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15)
@@ -246,6 +275,10 @@ def main() -> int:
     parser.add_argument(
         "--spool-root", default=None, help="where the spool lives (e.g. /dev/shm: no disk I/O at all)"
     )
+    parser.add_argument("--store", default="on", choices=["on", "off"], help="OTELSVC_STORE")
+    parser.add_argument(
+        "--scenarios", default="all", choices=["all", "wrk"], help="wrk: single events and batches only"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is needed (apt-get install wrk)", file=sys.stderr)
@@ -253,7 +286,9 @@ def main() -> int:
     rows = []
     with OtlpReceiver() as receiver:
         endpoint = receiver.grpc_endpoint if args.protocol == "grpc" else receiver.http_endpoint
-        server = Server(endpoint, args.protocol, args.fsync, args.spool_root, args.intake_processes)
+        server = Server(
+            endpoint, args.protocol, args.fsync, args.spool_root, args.intake_processes, args.store
+        )
         try:
             single = json.dumps(EVENT)
             batch = json.dumps([EVENT] * 100)
@@ -267,30 +302,15 @@ def main() -> int:
                 "batches of 100 (wrk)", server, receiver,
                 lambda: wrk(f"{server.url}/v1/events", batch, args.duration, 8), 100,
             ))  # fmt: skip
-            rows.append(scenario(
-                f"single events at {args.rate:.0f}/s (open loop)", server, receiver,
-                lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
-            ))  # fmt: skip
-            # Export off the request path: the same fixed rate with the collector refusing
-            # everything, then answering slowly (intake latency should not move).
-            receiver.fail(Failure(count=10**9))
-            rows.append(scenario(
-                f"at {args.rate:.0f}/s, collector down (503)", server, receiver,
-                lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
-                heal=receiver.heal,
-            ))  # fmt: skip
-            receiver.delay = 0.5
-            rows.append(scenario(
-                f"at {args.rate:.0f}/s, collector slow (0.5 s)", server, receiver,
-                lambda: asyncio.run(open_loop(f"{server.url}/v1/events", args.rate, args.duration)), 1,
-            ))  # fmt: skip
-            receiver.delay = 0.0
+            if args.scenarios == "all":
+                rows.extend(open_loop_scenarios(args, server, receiver))
             detail = get_json(f"{server.url}/health/detailed")
         finally:
             server.stop()
         lost = sum(r["accepted"] - r["spans_delivered"] for r in rows)
         print(
-            f"\nprotocol={args.protocol} fsync={args.fsync} spool={args.spool_root or tempfile.gettempdir()} "
+            f"\nstore={args.store} protocol={args.protocol} fsync={args.fsync} "
+            f"spool={args.spool_root or tempfile.gettempdir()} "
             f"cores={os.cpu_count()} intake_processes={len(detail['intake_processes'])} "
             f"dropped={detail['export']['dropped']} lost={lost}"
         )

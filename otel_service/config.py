@@ -6,7 +6,7 @@ fields. Standard OpenTelemetry variables keep their standard meaning; the servic
 ``OTELSVC_`` prefix. Read once (``Settings.from_env(os.environ)``, or any mapping in tests), then passed
 down, frozen. ``Settings()`` is what an empty environment gives.
 
-Length: one row per setting (39 of them) and their parsers; split, the table would not be one table.
+Length: one row per setting (43 of them) and their parsers; split, the table would not be one table.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "MAX_INTAKE_PROCESSES",
     "README_END",
     "README_START",
+    "STORE_FILE",
     "Settings",
     "SettingsError",
     "is_loopback",
@@ -46,6 +47,9 @@ Protocol = Literal["grpc", "http/protobuf"]
 Fsync = Literal["never", "interval", "always"]
 ExportMode = Literal["process", "thread"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+Switch = Literal["on", "off"]
+#: The event store's file when ``OTELSVC_STORE_PATH`` is unset: in the spool directory.
+STORE_FILE = "events.sqlite"
 
 
 class SettingsError(ValueError):
@@ -283,6 +287,33 @@ class Settings:
     export_mode: ExportMode = _setting(
         "OTELSVC_EXPORT_MODE", "process", "where export runs: a child process, or a thread of the first"
     )
+    store: Switch = _setting(
+        "OTELSVC_STORE",
+        "on",
+        "keep every accepted event as a row of the event store (SQLite), read by /analytics",
+        parse=_lower,
+    )
+    store_path: Path | None = _setting(
+        "OTELSVC_STORE_PATH",
+        None,
+        "the event store's SQLite file (WAL; its directory is created)",
+        parse=_path,
+        shown=f"OTELSVC_SPOOL_DIR/{STORE_FILE}",
+    )
+    store_retention: float = _setting(
+        "OTELSVC_STORE_RETENTION",
+        604_800.0,
+        "seconds an event's row is kept, by the event's time (0 = no age bound)",
+        parse=_seconds(0),
+        shown="604800",
+    )
+    store_max_bytes: int = _setting(
+        "OTELSVC_STORE_MAX_BYTES",
+        1 << 30,
+        "bound on the event store's file; beyond it the oldest rows are deleted",
+        parse=_integer(1 << 20),
+        shown="1073741824",
+    )
     intake_processes: int = _measured(
         "OTELSVC_INTAKE_PROCESSES",
         lambda: _auto_intake_processes(usable_cpus()),
@@ -400,6 +431,11 @@ class Settings:
     log_level: LogLevel = _setting(
         "OTELSVC_LOG_LEVEL", "info", "level of the service's own diagnostics", parse=_lower
     )
+
+    @property
+    def store_file(self) -> Path:
+        """Where the event store is: ``OTELSVC_STORE_PATH``, else in the spool directory."""
+        return self.store_path if self.store_path is not None else self.spool_dir / STORE_FILE
 
     @property
     def export_delay(self) -> float:

@@ -86,3 +86,11 @@ async def test_a_read_waits_for_the_shards_to_be_copied_first(tmp_path: Path) ->
     await task
     assert end_position(main) > Position(0, 0)
     assert stale == []
+
+
+def test_analytics_read_right_after_track_show_every_event(serve: Callable[..., Sidecar]) -> None:
+    """/track then the lab's /analytics URL at once, 20 times over two intake processes: all counted."""
+    sidecar = serve(OTELSVC_INTAKE_PROCESSES="2")
+    for n in range(1, 21):
+        assert sidecar.post("/track", LAB)[0] < 300
+        assert json.loads(sidecar.get("/analytics/acme"))["requests"]["total"] == n

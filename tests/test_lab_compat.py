@@ -179,7 +179,7 @@ async def test_paths_outside_the_api_are_neither_failures_nor_rejections(
     """Unknown paths get a JSON 404 (401 with a token), timed as "unmatched", and counted nowhere else."""
     app = await start_app(**({"OTELSVC_AUTH_TOKEN": token} if token else {}))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    for method, path in [("GET", "/apple-touch-icon.png"), ("GET", "/nope"), ("POST", "/analytics/x")]:
+    for method, path in [("GET", "/apple-touch-icon.png"), ("GET", "/nope"), ("POST", "/v2/events")]:
         response = await app.client.request(method, path)
         assert response.status == (401 if token else 404)
         assert "error" in await response.json()

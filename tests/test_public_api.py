@@ -18,17 +18,19 @@ TESTS_DIR = Path(__file__).parent
 #: The top level: public modules, private helpers, and one package per role of the pipeline.
 PUBLIC_MODULES = ["cli", "client", "config", "testing"]
 PRIVATE_MODULES = ["__init__", "__main__", "_version"]
-PACKAGES = ["export", "intake", "model", "runtime", "spool", "telemetry"]
+PACKAGES = ["export", "intake", "model", "runtime", "spool", "store", "telemetry"]
 #: What each module may import from this package: the packages (or top-level modules) named here.
-#: Dependencies point inward: model <- spool <- intake / export <- runtime <- cli.
+#: Dependencies point inward: model <- spool <- intake / export <- runtime <- cli; model <- store <- intake
+#: (analytics) / runtime (the export side reaches the store through its EventSink protocol).
 ALLOWED_INSIDE = {
     "model": {"model"},
     "config": set(),
     "spool": {"model", "spool"},
+    "store": {"model", "store"},
     "telemetry": {"model", "telemetry", "config"},
-    "intake": {"model", "spool", "telemetry", "config", "intake"},
+    "intake": {"model", "spool", "store", "telemetry", "config", "intake"},
     "export": {"model", "spool", "telemetry", "config", "export"},
-    "runtime": {"model", "spool", "telemetry", "config", "intake", "export", "runtime"},
+    "runtime": {"model", "spool", "store", "telemetry", "config", "intake", "export", "runtime"},
     "cli": {"config", "runtime"},
     "client": set(),
     "testing": set(),
@@ -168,6 +170,15 @@ def test_dependencies_point_inward(name: str, path: Path) -> None:
     allowed = ALLOWED_INSIDE[role] | {"_version"}
     assert {_role(module) for module in inside} - allowed == set()
     assert libraries & FORBIDDEN_OUTSIDE.get(role, set()) == set()
+
+
+def test_the_store_needs_only_the_model_and_the_standard_library() -> None:
+    """The store package imports the standard library and the model only (no driver, no msgspec)."""
+    found = [_imports(name, path) for name, path in _modules() if _role(name) == "store"]
+    assert found
+    libraries = set().union(*(libraries for libraries, _ in found))
+    assert libraries - set(sys.stdlib_module_names) - {"__future__"} == set()
+    assert {_role(module) for _, inside in found for module in inside} <= {"model", "store"}
 
 
 def test_the_import_check_sees_relative_imports() -> None:

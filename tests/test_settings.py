@@ -80,6 +80,10 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "OTELSVC_SPOOL_FSYNC": ("always", {"spool_fsync": "always"}),
     "OTELSVC_SPOOL_MAX_AGE": ("600", {"spool_max_age": 600.0}),
     "OTELSVC_EXPORT_MODE": ("thread", {"export_mode": "thread"}),
+    "OTELSVC_STORE": ("OFF", {"store": "off"}),
+    "OTELSVC_STORE_PATH": ("/var/lib/otel/e.sqlite", {"store_path": Path("/var/lib/otel/e.sqlite")}),
+    "OTELSVC_STORE_RETENTION": ("86400", {"store_retention": 86400.0}),
+    "OTELSVC_STORE_MAX_BYTES": ("1048576", {"store_max_bytes": 1048576}),
     "OTELSVC_INTAKE_PROCESSES": ("3", {"intake_processes": 3}),
     "OTELSVC_MAX_CONNECTIONS": ("64", {"max_connections": 64}),
     "OTELSVC_MAX_CONNECTIONS_PER_CLIENT": ("8", {"max_connections_per_client": 8}),
@@ -235,6 +239,9 @@ def test_export_delay_and_batch_size_take_the_shorter(env: dict[str, str], delay
         ("OTELSVC_SPOOL_FSYNC", "sometimes"),
         ("OTELSVC_SPOOL_FSYNC", "ALWAYS!"),
         ("OTELSVC_EXPORT_MODE", "fork"),
+        ("OTELSVC_STORE", "yes"),
+        ("OTELSVC_STORE_RETENTION", "7d"),
+        ("OTELSVC_STORE_MAX_BYTES", "1024"),
         ("OTELSVC_SPOOL_MAX_BYTES", "1024"),
         ("OTELSVC_MAX_BODY_BYTES", "1e6"),
         ("OTELSVC_MAX_BATCH_ITEMS", "0"),
@@ -263,6 +270,12 @@ def test_binding_beyond_loopback_needs_a_token(host: str) -> None:
 def test_loopback_needs_no_token(host: str) -> None:
     """Loopback addresses (and an empty value, meaning the default) bind without a token."""
     assert _from(OTELSVC_HOST=host).host == (host or "127.0.0.1")
+
+
+def test_the_store_lives_in_the_spool_directory_unless_told() -> None:
+    """The event store's file defaults to the spool directory's events.sqlite; OTELSVC_STORE_PATH moves it."""
+    assert _from(OTELSVC_SPOOL_DIR="/data/spool").store_file == Path("/data/spool/events.sqlite")
+    assert _from(OTELSVC_STORE_PATH="/db/e.sqlite").store_file == Path("/db/e.sqlite")
 
 
 def test_settings_are_frozen() -> None:
@@ -318,6 +331,7 @@ def test_every_field_is_a_row_of_the_table() -> None:
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc or http/protobuf"),
         ("OTELSVC_SPOOL_FSYNC", "never, interval or always"),
         ("OTELSVC_EXPORT_MODE", "process or thread"),
+        ("OTELSVC_STORE", "on or off"),
         ("OTELSVC_LOG_LEVEL", "debug, info, warning or error"),
     ],
 )

@@ -6,7 +6,10 @@ delivered at least once: the spool's committed cursor moves past an event only o
 *and* its metric contributions are in a saved checkpoint. Metrics are exact: every push or scrape first
 saves the totals it exposes with the position they cover (``checkpoint``), and a restart restores them
 and counts only what comes after (``progress`` has the positions and the rules; ``delivery`` the
-sending, retries and accounting).
+sending, retries and accounting; ``sink`` the event store's feed).
+
+Length: the loop, the checkpoints and the path of one batch read as one; each part it drives is a
+module of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .delivery import Batch, DeliveryThread, ExportStatus, Observer, RetryingSen
 from .progress import Progress
 from .recorder import Recorder
 from .sender import Sender
+from .sink import EventSink, SinkFeed
 
 __all__ = ["ExportStatus", "ExportWorker", "MetricState"]
 
@@ -67,9 +71,11 @@ class ExportWorker:
         batch_size: int = 512,
         linger: float = 0.0,
         pressing: Callable[[], bool] = lambda: False,
+        sink: EventSink | None = None,
     ) -> None:
         """``metric_state``: the totals to restore and checkpoint (restored here, from the spool's
-        checkpoint); ``pressing``: whether the backlog is near its bound (retries then probe sooner)."""
+        checkpoint); ``pressing``: whether the backlog is near its bound (retries then probe sooner);
+        ``sink``: where each recorded batch is also kept (the event store)."""
         self._reader = reader
         self._recorder = recorder
         self._resource = resource
@@ -80,6 +86,7 @@ class ExportWorker:
         self._linger = linger
         self.status = ExportStatus(enabled=sender is not None)
         self._observer = Observer(self.status, instruments)
+        self._sink = None if sink is None else SinkFeed(sink, self._observer)
         self._state = metric_state
         self._progress = Progress(reader.cursor, checkpoint=self._restore(reader.cursor.metrics))
         #: Held while a checkpoint is taken and saved (taken in order, saved in order).
@@ -125,6 +132,8 @@ class ExportWorker:
                     and time.monotonic() - self._checkpointed_at >= CHECKPOINT_SECONDS
                 ):
                     self.checkpoint()  # (pushes and scrapes save what else changed, first)
+                if self._sink is not None:
+                    self._sink.sweep_if_due()
                 if self._past_deadline():
                     break
         finally:
@@ -139,8 +148,10 @@ class ExportWorker:
         self._stop.set()
 
     def close(self) -> None:
-        """Let go of the spool (its reader lock), after ``run``."""
+        """Let go of the spool (its reader lock) and the sink, after ``run``."""
         self._reader.close()
+        if self._sink is not None:
+            self._sink.close()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until everything spooled so far is delivered (tests, benchmarks)."""
@@ -241,6 +252,8 @@ class ExportWorker:
         plan = self._progress.plan(kept_ends, sending=self._delivery is not None)
         with self.metrics_lock:
             recorded = self._recorder.record(envelopes, replay=plan.replay, counted=plan.counted)
+            if self._sink is not None:  # before the cursor can pass these events
+                self._sink.write(envelopes, recorded.derived, plan.counted)
             self._progress.record(ends[-1])
         self.status.processed += len(envelopes)
         if plan.replay:

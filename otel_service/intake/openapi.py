@@ -9,6 +9,7 @@ import msgspec
 
 from .._version import __version__
 from ..model.events import SCHEMA_VERSION, Feedback, LabTrack, LlmCall, Prediction
+from .analytics import ANALYTICS_SCHEMA, analytics_paths
 
 __all__ = ["openapi_document"]
 
@@ -77,6 +78,7 @@ def openapi_document() -> dict[str, Any]:
     components["Error"] = _ERROR
     components["Health"] = _HEALTH
     components["Refresh"] = _REFRESH
+    components["Analytics"] = ANALYTICS_SCHEMA
     components["BatchResult"] = {
         "type": "object",
         "required": ["accepted", "rejected", "errors"],
@@ -207,6 +209,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "Icon.", "content": {"image/svg+xml": {}}}},
                 }
             },
+            **analytics_paths({"$ref": "#/components/schemas/Error"}),
         },
         "components": {"schemas": components},
     }

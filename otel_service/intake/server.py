@@ -24,7 +24,8 @@ from .rate_limit import RateLimiter
 __all__ = ["UNMATCHED", "Handler", "Routes", "create_handler", "create_status_handler", "json_response"]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-#: Path → method → handler. A GET route also answers HEAD.
+#: Path → method → handler. A GET route also answers HEAD. A path whose last segment is a parameter
+#: (``/analytics/{business_id}``) matches any one non-empty segment there; the handler reads it.
 Routes = Mapping[str, Mapping[str, Handler]]
 
 _log = diagnostics()
@@ -74,13 +75,29 @@ def _with_head(routes: Routes) -> dict[str, dict[str, Handler]]:
     return table
 
 
+def _router(table: Mapping[str, object]) -> Callable[[str], str | None]:
+    """The route a request path takes: itself, a template it matches, or ``None``."""
+    templates = [(path.partition("{")[0], path) for path in table if path.endswith("}")]
+
+    def route(path: str) -> str | None:
+        if path in table:
+            return path
+        for prefix, template in templates:
+            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix) :]:
+                return template
+        return None
+
+    return route
+
+
 def create_status_handler(routes: Routes) -> Handler:
     """The handler of the first intake process's unix socket, where the others forward the status
     endpoints: the forwarding process already guarded, counted and timed the request."""
     table = _with_head(routes)
+    route = _router(table)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        handler = table.get(request.path, {}).get(request.method)
+        handler = table.get(route(request.path) or "", {}).get(request.method)
         if handler is None:
             return json_response({"error": "not_found", "message": "Not Found"}, status=404)
         return await handler(request)
@@ -106,6 +123,7 @@ def create_handler(
     Without ``auth_token``, only requests for a loopback name or one of ``allowed_hosts`` are served
     (the DNS-rebinding guard); with it, the token is the guard."""
     table = _with_head(routes)
+    route = _router(table)
     token = auth_token.encode() if auth_token else None
     origins = frozenset(cors_origins)
     hosts = None if token is not None else frozenset(h.lower() for h in allowed_hosts)
@@ -141,12 +159,13 @@ def create_handler(
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        methods = table.get(request.path)
+        route_name = route(request.path)
+        methods = None if route_name is None else table[route_name]
         # A path the API does not have (a browser's /favicon.ico, a scanner) is answered and timed
         # (route "unmatched"), but it is not a request to the API: it counts neither as a request nor
         # as a failure or a rejected event.
-        matched = methods is not None
-        path = request.path if matched else UNMATCHED
+        matched = route_name is not None
+        path = route_name if route_name is not None else UNMATCHED
         if matched:
             stats.requests += 1
             stats.last_request = time.time()

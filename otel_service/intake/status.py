@@ -1,7 +1,8 @@
 """The status endpoints: ``/metrics``, ``/health``, ``/ready`` and ``/health/detailed``.
 
 They read the whole sidecar's state, so the first intake process answers them; the others forward them
-to it over a unix socket (``Forwarder``). What they need of the export side is ``ExportView``.
+to it over a unix socket (``Forwarder``), and the analytics endpoints too (``analytics``). What they
+need of the export side is ``ExportView``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from .._version import __version__
 from ..model.errors import Unavailable
 from ..spool import Position
 from .accept import IntakeStats
+from .analytics import ANALYTICS_PATHS, Analytics, analytics_routes
 from .fresh import FreshReads
 from .handlers import Service
-from .server import Routes, json_response
+from .server import Handler, Routes, json_response
 
 __all__ = ["READY_FILL_RATIO", "STATUS_PATHS", "ExportView", "Forwarder", "Status", "status_routes"]
 
@@ -71,6 +73,8 @@ class Status:
     intake_problems: Callable[[], list[str]]
     #: Holds reads until they see every event acknowledged before them (None: no wait).
     fresh: FreshReads | None = None
+    #: The analytics endpoints (the event store's reader), served beside these.
+    analytics: Analytics | None = None
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -180,7 +184,7 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
 
     def routes(self) -> Routes:
-        return {path: {"GET": self.forward} for path in STATUS_PATHS}
+        return {path: {"GET": self.forward} for path in (*STATUS_PATHS, *ANALYTICS_PATHS)}
 
     async def forward(self, request: web.BaseRequest) -> web.Response:
         if self._session is None:
@@ -204,7 +208,21 @@ class Forwarder:
 
 
 def status_routes(status: Status) -> Routes:
-    """The ``STATUS_PATHS`` endpoints, bound to ``status``."""
+    """The ``STATUS_PATHS`` endpoints, bound to ``status`` (and the analytics ones, if it has them)."""
     handlers = (metrics, health, ready, health_detailed)
     pairs = zip(STATUS_PATHS, handlers, strict=True)
-    return {path: {"GET": partial(handler, status)} for path, handler in pairs}
+    routes = {path: {"GET": partial(handler, status)} for path, handler in pairs}
+    if status.analytics is None:
+        return routes
+    analytics = {
+        path: {method: partial(_fresh_then, status, handler) for method, handler in methods.items()}
+        for path, methods in analytics_routes(status.analytics).items()
+    }
+    return {**routes, **analytics}
+
+
+async def _fresh_then(status: Status, handler: Handler, request: web.BaseRequest) -> web.StreamResponse:
+    """``handler``, once every event acknowledged before the request is in the store (bounded)."""
+    if status.fresh is not None:
+        await status.fresh.wait("/analytics")
+    return await handler(request)

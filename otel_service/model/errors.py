@@ -3,6 +3,7 @@
 OtelServiceError
 ├── RequestRejected            (4xx: the client sent something we refuse)
 │   ├── InvalidEvent           (400/422: a field is wrong; names the field)
+│   ├── InvalidParameter       (400: a query or path parameter is wrong; names it)
 │   ├── PayloadTooLarge        (413)
 │   ├── UnsupportedMediaType   (415)
 │   ├── Unauthorized           (401)
@@ -17,6 +18,7 @@ __all__ = [
     "ExpectationFailed",
     "ForbiddenHost",
     "InvalidEvent",
+    "InvalidParameter",
     "OtelServiceError",
     "PayloadTooLarge",
     "RateLimited",
@@ -60,6 +62,12 @@ class InvalidEvent(RequestRejected):
     def __init__(self, message: str, *, field: str | None = None, reason: str = "invalid") -> None:
         super().__init__(message, field=field)
         self.reason = reason
+
+
+class InvalidParameter(RequestRejected):
+    """A query or path parameter (of ``/analytics``, say) is wrong; ``field`` names it."""
+
+    reason = "invalid_parameter"
 
 
 class PayloadTooLarge(RequestRejected):

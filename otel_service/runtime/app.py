@@ -24,6 +24,7 @@ from aiohttp import web
 from .._version import __version__
 from ..config import Settings, SettingsError
 from ..intake.accept import IntakeStats
+from ..intake.analytics import QUERY_TIMEOUT, Analytics
 from ..intake.connections import JsonServer
 from ..intake.fresh import FreshReads
 from ..intake.handlers import Service, intake_handler, intake_routes
@@ -31,6 +32,7 @@ from ..intake.server import create_status_handler
 from ..intake.status import Status, status_routes
 from ..spool import SpoolLocked, SpoolWriter, sync_every
 from ..spool.checkpoint import spool_identity
+from ..store import AnalyticsReader
 from ..telemetry.logs import configure_diagnostics, diagnostics
 from ..telemetry.providers import (
     Metrics,
@@ -161,6 +163,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         stale=lambda path: service.instruments.stale_reads.add(1, {"endpoint": path}),
         timeout=settings.read_after_write,
     )
+    reader = AnalyticsReader(settings.store_file, timeout=QUERY_TIMEOUT) if settings.store == "on" else None
     status = Status(
         service,
         runner,
@@ -170,6 +173,7 @@ def create_app(settings: Settings, *, runner: ExportRunner, metrics: Metrics) ->
         group.processes,
         group.problems,
         fresh,
+        Analytics(reader),
     )
     return App(service, status, runner, group, writer, metrics)
 

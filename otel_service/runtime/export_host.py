@@ -26,7 +26,8 @@ from ..intake.status import READY_FILL_RATIO, ExportView
 from ..model.pricing import load_price_table
 from ..spool import Position, SpoolReader, stats, undelivered
 from ..spool.checkpoint import Identity, spool_identity
-from ..telemetry.instruments import WorkerInstruments, register_observables
+from ..store import EventStore, Retention
+from ..telemetry.instruments import WorkerInstruments, observe_store_rows, register_observables
 from ..telemetry.logs import create_event_logger
 from ..telemetry.providers import Metrics, create_metrics, create_resource, shutdown_quietly
 
@@ -37,6 +38,8 @@ __all__ = ["ExportRunner", "ThreadRunner", "WorkerParts", "wire_export"]
 class WorkerParts:
     worker: ExportWorker
     metrics: Metrics
+    #: The event store the worker writes (``OTELSVC_STORE=on``).
+    store: EventStore | None = None
 
 
 def wire_export(
@@ -72,6 +75,13 @@ def wire_export(
         label_idle_seconds=settings.label_idle_seconds,
     )
     metrics.aggregates.keep("label_guards", recorder.guards_state, recorder.restore_guards)
+    store = None
+    if settings.store == "on":
+        store = EventStore(
+            settings.store_file,
+            Retention(int(settings.store_retention * 1e9), settings.store_max_bytes),
+        )
+        observe_store_rows(metrics.aggregates, store.counts)
     sender = sender or (
         create_sender(
             settings.otlp_endpoint,
@@ -92,6 +102,7 @@ def wire_export(
         batch_size=settings.export_batch_size,
         linger=settings.export_delay,
         pressing=lambda: undelivered(settings.spool_dir) >= READY_FILL_RATIO * settings.spool_max_bytes,
+        sink=store,
     )
     metrics.reader.bind_checkpoint(worker.checkpoint)
     register_observables(
@@ -101,7 +112,7 @@ def wire_export(
         spool_items=worker.queued_items,
         oldest_age=worker.oldest_age,
     )
-    return WorkerParts(worker, metrics)
+    return WorkerParts(worker, metrics, store)
 
 
 def _resource_proto(resource: Resource) -> bytes:
@@ -153,8 +164,13 @@ class ThreadRunner:
         return self.parts.worker.recorded_to()
 
     async def status(self) -> dict[str, Any]:
-        worker = self.parts.worker
-        return {**worker.status.to_json(), "spool": worker.spool_json(), "restarts": 0}
+        worker, store = self.parts.worker, self.parts.store
+        return {
+            **worker.status.to_json(),
+            "spool": worker.spool_json(),
+            "store": {"enabled": False} if store is None else {"enabled": True, **store.status()},
+            "restarts": 0,
+        }
 
     async def stop(self, timeout: float) -> None:
         """Drain and push within ``timeout`` seconds in all; what is left stays in the spool."""
@@ -164,3 +180,5 @@ class ThreadRunner:
         await asyncio.to_thread(self._thread.join, timeout)
         shutdown_quietly(self.parts.metrics.provider, max(0.5, deadline - time.monotonic()))
         self.parts.worker.save_cursor()
+        if self.parts.store is not None and not self._thread.is_alive():
+            self.parts.store.close()

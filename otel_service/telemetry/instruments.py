@@ -19,7 +19,13 @@ from opentelemetry.sdk.metrics.view import View
 from .aggregates import Aggregates, FastCounter
 from .histograms import FastHistogram
 
-__all__ = ["IntakeInstruments", "WorkerInstruments", "create_views", "register_observables"]
+__all__ = [
+    "IntakeInstruments",
+    "WorkerInstruments",
+    "create_views",
+    "observe_store_rows",
+    "register_observables",
+]
 
 #: Advised boundaries of ``gen_ai.client.operation.duration`` (seconds).
 GEN_AI_DURATION_BUCKETS = (
@@ -289,6 +295,19 @@ def register_observables(
         lambda: {(): oldest_age()},
         unit="s",
         description="Age of the oldest accepted event not yet delivered.",
+    )
+
+
+def observe_store_rows(aggregates: Aggregates, counts: Callable[[], Mapping[str, int]]) -> None:
+    """The event store's row counts, kept in the store itself (exact across restarts)."""
+    aggregates.observe_counter(
+        "otel_service.store.rows",
+        ("outcome",),
+        lambda: {(outcome,): n for outcome, n in counts().items()},
+        unit="{row}",
+        description="Rows of the event store: written (one per accepted event), and deleted by "
+        "retention, for age (expired) or beyond the size bound (evicted_for_size). Events the store "
+        'could not keep are in otel_service.dropped{signal="store"}.',
     )
 
 

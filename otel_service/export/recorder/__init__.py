@@ -4,6 +4,6 @@
 where each field goes, ``sums`` the per-batch counter sums.
 """
 
-from .recorder import Recorded, Recorder
+from .recorder import Derived, Recorded, Recorder
 
-__all__ = ["Recorded", "Recorder"]
+__all__ = ["Derived", "Recorded", "Recorder"]

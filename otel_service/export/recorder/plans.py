@@ -65,6 +65,8 @@ class LlmPlan:
     lab_cost: Sum
     unpriced: Sum
     labels: Labels
+    #: gen_ai.provider.name as sent or inferred (before the label guard).
+    provider: str
     cost_by_type: dict[str, Sum] = field(default_factory=dict)
 
 
@@ -234,6 +236,7 @@ class Planner:
             lab_cost=sum_of(m.lab_cost, tenant),
             unpriced=sum_of(m.unpriced, {"gen_ai.request.model": model}),
             labels=self.take_labels(),
+            provider=provider,
         )
 
     def prediction(self, e: Prediction) -> PredictionPlan:

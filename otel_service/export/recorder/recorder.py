@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...model.events import Event, LlmCall, Prediction
 from ...model.pricing import PriceTable, cost_of
@@ -26,15 +26,26 @@ from .emit import Emit
 from .plans import FeedbackPlan, LlmPlan, Planner, PredictionPlan
 from .sums import Attrs, Sums, sum_of
 
-__all__ = ["Recorded", "Recorder"]
+__all__ = ["Derived", "Recorded", "Recorder"]
+
+
+class Derived(NamedTuple):
+    """What the recorder works out for an LLM call beyond its fields (the event store keeps it)."""
+
+    provider: str
+    total_tokens: int | None
+    cost_usd: float | None
+    cost_source: str
 
 
 @dataclass(slots=True)
 class Recorded:
-    """The OTLP items (serialized Span and LogRecord bodies) a batch produced, in envelope order."""
+    """The OTLP items (serialized Span and LogRecord bodies) a batch produced, in envelope order, and
+    each envelope's ``Derived`` values (``None`` but for LLM calls), replayed ones included."""
 
     spans: list[bytes] = field(default_factory=list)
     logs: list[bytes] = field(default_factory=list)
+    derived: list[Derived | None] = field(default_factory=list)
 
 
 class _Timestamps:
@@ -110,15 +121,17 @@ class Recorder:
             event = env.event
             if isinstance(event, LlmCall):
                 plan: LlmPlan | PredictionPlan | FeedbackPlan = self._llm(
-                    env, event, sums if index >= counted else None, out if index >= replay else None
+                    env, event, sums if index >= counted else None, out, index >= replay
                 )
             elif isinstance(event, Prediction):
+                out.derived.append(None)
                 plan = prediction = self._plans.prediction(event)
                 if index >= counted:
                     self._prediction_metrics(env, event, prediction, sums)
                 if index >= replay:
                     self._emit(env, prediction.emit, event.duration_ms, (), out)
             else:  # feedback: counters, and a span and log without values of their own
+                out.derived.append(None)
                 plan = self._plans.feedback(event)
                 if index >= counted:
                     sums.add_event(plan.per_event)
@@ -149,7 +162,7 @@ class Recorder:
                 self._m.label_aged_out.add_key((("attribute", guard.name),), len(aged))
                 self._plans.forget()
 
-    def _llm(self, env: Envelope, e: LlmCall, sums: Sums | None, out: Recorded | None) -> LlmPlan:
+    def _llm(self, env: Envelope, e: LlmCall, sums: Sums | None, out: Recorded, emit: bool) -> LlmPlan:
         plan = self._plans.llm(e)
         total = e.total_tokens
         if total is None and (e.input_tokens is not None or e.output_tokens is not None):
@@ -163,9 +176,10 @@ class Recorder:
             reasoning_tokens=e.reasoning_tokens,
         )
         cost_usd = None if plan.cost_source == "unpriced" else cost.total
+        out.derived.append(Derived(plan.provider, total, cost_usd, plan.cost_source))
         if sums is not None:
             self._llm_metrics(env, e, plan, total, cost.by_type, cost_usd, sums)
-        if out is not None:
+        if emit:
             self._emit(env, plan.emit, e.duration_ms, (total, cost_usd), out)
         return plan
 

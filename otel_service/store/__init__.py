@@ -1,0 +1,16 @@
+"""The event store: the sidecar's own record of every accepted event, one row each, in an embedded
+SQLite file (WAL) beside the spool.
+
+``schema`` is the table (the lab's ``ai_metrics`` columns as a view), ``writer`` the export process's
+side (a transaction per batch, idempotent by event ID), ``retention`` the age and size bounds,
+``queries`` the analytics, ``reader`` the intake's read-only side; ``dialect`` holds everything that
+is SQLite's own, so a shared PostgreSQL can take its place. Depends on ``model`` and the standard
+library only: the export worker reaches it through its ``EventSink`` protocol, wired in ``runtime``.
+"""
+
+from .queries import Slice
+from .reader import AnalyticsReader, StoreTimeout
+from .retention import Retention, Swept
+from .writer import EventStore, StoreError
+
+__all__ = ["AnalyticsReader", "EventStore", "Retention", "Slice", "StoreError", "StoreTimeout", "Swept"]
