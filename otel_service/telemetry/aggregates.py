@@ -62,6 +62,11 @@ class FastCounter:
         for key, total in fold_keys(self._points, attributes, values):
             self._points[key] = self._points.get(key, 0) + total
 
+    def value(self, attributes: Mapping[str, Any] | None = None) -> int | float:
+        """The total of one attribute set (tests, diagnostics)."""
+        with self._lock:
+            return self._points.get(tuple(attributes.items()) if attributes else (), 0)
+
     def dump(self) -> list[Any]:
         return [[[list(pair) for pair in key], total] for key, total in self._points.items()]
 
