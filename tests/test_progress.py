@@ -30,6 +30,32 @@ def test_the_checkpoint_not_the_cursor_says_what_was_counted() -> None:
     assert progress.plan(P[1:6], sending=True).counted == 3
 
 
+def test_with_a_store_committed_waits_for_its_answer_and_a_checkpoint_holding_it() -> None:
+    """A delivered, checkpointed batch keeps its segment until the store answered and a checkpoint saw it."""
+    progress = Progress(Cursor.at(P[0]), checkpoint=P[0], storing=True)
+    progress.record(P[2])
+    progress.deliver(P[2])
+    progress.checkpointed(P[2], progress.stored)
+    assert progress.cursor().committed == P[0]
+    assert progress.reflected() == P[0]
+    assert not progress.caught_up(P[2])
+    progress.store(P[2])
+    assert progress.cursor().committed == P[0]  # a failure's count may not be in a checkpoint yet
+    assert progress.reflected() == P[2]
+    assert progress.caught_up(P[2])
+    progress.checkpointed(P[2], progress.stored)
+    assert progress.cursor() == Cursor(P[2], P[2], P[2], P[2])
+    assert Cursor.loads(progress.cursor().dumps()) == progress.cursor()
+
+
+def test_a_cursor_saved_before_the_store_had_a_position_starts_it_at_committed() -> None:
+    """Old cursors (the store written in the recording thread) say everything before committed is stored."""
+    progress = Progress(Cursor.loads("3 10 2 50 3 10"), checkpoint=P[0], storing=True)
+    assert progress.stored == Position(2, 50)
+    with pytest.raises(ValueError, match="bad cursor"):
+        Cursor.loads("1 0 1 0 1 0 stored 1")
+
+
 def test_the_committed_position_waits_for_delivery_and_a_checkpoint() -> None:
     """committed = min(delivered, metrics): a batch delivered but not in a checkpoint stays in the spool."""
     progress = Progress(Cursor.at(P[0]), checkpoint=P[0])

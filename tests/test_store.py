@@ -12,15 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from otel_service.export.delivery import ExportStatus, Observer
 from otel_service.export.recorder import Derived
-from otel_service.export.sink import SinkFeed
 from otel_service.model.events import Event
 from otel_service.spool.record import Envelope
 from otel_service.store import AnalyticsReader, EventStore, Retention, Slice, StoreError, StoreTimeout
 from otel_service.store.schema import COLUMNS, KIND_COLUMNS, row_of
-from otel_service.telemetry.aggregates import Aggregates
-from otel_service.telemetry.instruments import WorkerInstruments
 from otel_service.testing import OtlpReceiver
 
 from .conftest import StartApp, point_values
@@ -256,64 +252,6 @@ def test_a_path_that_cannot_be_created_fails_each_write(tmp_path: Path) -> None:
             store.write(*_batch(0, 1))
     blocker.unlink()
     assert store.write(*_batch(0, 1)) == 1
-
-
-class _FailingSink:
-    """A sink whose writes fail (``error``) until ``healed``."""
-
-    def __init__(self, error: Exception) -> None:
-        self.healed = False
-        self.written = 0
-        self.error = error
-
-    def write(self, envelopes: Any, derived: Any) -> int:
-        if not self.healed:
-            raise self.error
-        self.written += len(envelopes)
-        return len(envelopes)
-
-    def sweep(self) -> Any:
-        raise StoreError("database or disk is full")
-
-    def close(self) -> None:
-        pass
-
-
-class _Log:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def warning(self, event: str, **_: Any) -> None:
-        self.events.append(event)
-
-    info = warning
-
-
-@pytest.mark.parametrize(
-    "error", [StoreError("database or disk is full"), OverflowError("a bug")], ids=["full", "unexpected"]
-)
-def test_failed_writes_are_counted_once_per_event_and_logged_once_per_episode(
-    monkeypatch: pytest.MonkeyPatch, error: Exception
-) -> None:
-    """Each event not stored counts as dropped once (replays aside); one log line per failure episode."""
-    log = _Log()
-    monkeypatch.setattr("otel_service.export.sink.diagnostics", lambda: log)
-    status = ExportStatus(enabled=True)
-    instruments = WorkerInstruments.create(Aggregates("t", "0", 100))
-    sink = _FailingSink(error)
-    feed = SinkFeed(sink, Observer(status, instruments), clock=lambda: 0.0)
-    batch, derived = _batch(0, 5)
-    feed.write(batch, derived, counted=0)
-    feed.write(batch, derived, counted=2)  # a replay: the first two were counted before the restart
-    feed.sweep_if_due()
-    feed.sweep_if_due()  # (not due again yet)
-    sink.healed = True
-    feed.write(batch, derived, counted=0)
-    feed.write(batch, derived, counted=0)
-    assert status.dropped == {"store_unwritable": 8}
-    assert instruments.dropped.value({"signal": "store", "reason": "store_unwritable"}) == 8
-    assert log.events == ["store_write_failed", "store_retention_failed", "store_write_recovered"]
-    assert sink.written == 10
 
 
 def test_reading_a_store_that_does_not_exist_answers_zeros(tmp_path: Path) -> None:

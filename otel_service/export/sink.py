@@ -1,111 +1,227 @@
-"""Where the worker keeps each batch's events besides exporting them: an ``EventSink`` (the event
-store, ``store.EventStore``, wired in ``runtime``; export never imports it).
+"""Where the worker keeps each batch's events besides exporting them: the event store, reached over a
+``StoreLink`` (its own process, ``runtime.store_link``; export never imports the store).
 
-``SinkFeed`` writes each batch right after it is recorded, in the worker's thread and its rhythm (one
-write per batch), before the cursor can move past it: a crash replays the batch, and the sink, being
-idempotent, keeps one row per event. A write that fails (a full disk, or anything else) never stops
-export: its events are counted as dropped (``signal="store"``), once per event however often a replay
-fails again, and reported once per episode (``store_write_failed``, then ``store_write_recovered``).
-Retention is swept every ``SWEEP_SECONDS``, and at once again while a sweep leaves work to do.
+``SinkFeed`` sends each recorded batch (its spool records as they are, and what the recorder worked
+out) and goes on with the next one at once: the store's inserts and indexes cost about as much CPU
+per event as the rest of export, and in its own process they run beside it instead of in turn. The
+store answers each batch in order. Until it has, the batch keeps its segment: ``Progress.stored``
+holds the cursor back, so a crash replays it, and the store, idempotent by event ID, keeps one row
+per event.
+
+A batch the store could not write (a full disk, anything else) never stops export: its events are
+counted as dropped (``signal="store"``) once per event, however often a replay fails again (the
+position up to which outcomes are counted, ``accounted_to``, is saved in the metric checkpoint with
+the counts), and reported once per episode (``store_write_failed``, then ``store_write_recovered``).
+A store side that dies is started again and the batches it had not answered are sent again; one
+that answers nothing for ``STALL_SECONDS`` while batches wait is started again too, and the batches
+it held are counted as dropped (``store_stalled``): export never waits on the store for longer.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
-from ..spool.record import Envelope
+from ..spool import Position
 from ..telemetry.logs import diagnostics
 from .delivery import Observer
 from .recorder import Derived
 
-__all__ = ["SWEEP_SECONDS", "EventSink", "SinkFeed", "Sweep"]
+__all__ = ["MAX_WAITING", "STALL_SECONDS", "SinkFeed", "StoreLink", "StoreReply"]
 
-#: How often retention is enforced when the previous sweep finished its work.
-SWEEP_SECONDS = 5.0
-
-
-class Sweep(Protocol):
-    """What one retention sweep did (``store.Swept``)."""
-
-    @property
-    def expired(self) -> int: ...
-    @property
-    def evicted_for_size(self) -> int: ...
-    @property
-    def done(self) -> bool: ...
+#: Batches sent and not answered yet before ``write`` waits for the store (its backpressure).
+MAX_WAITING = 32
+#: How long the store may answer nothing while batches wait, before it is started again.
+STALL_SECONDS = 10.0
 
 
-class EventSink(Protocol):
-    """Keeps accepted events (``store.EventStore``)."""
+class StoreReply(NamedTuple):
+    """The store's answer to the batch numbered ``seq``: ``error`` is ``None`` when it was stored."""
 
-    def write(self, envelopes: Sequence[Envelope], derived: Sequence[Derived | None]) -> int:
-        """Keep one batch (all or nothing; an event kept already stays as it is); the events newly
-        kept. Raises ``OSError`` when it cannot."""
+    seq: int
+    error: str | None
+
+
+class StoreLink(Protocol):
+    """The store's side of the feed (``runtime.store_link.StoreLink``)."""
+
+    def send(self, seq: int, payloads: Sequence[bytes], derived: Sequence[Derived | None]) -> None:
+        """Hand a batch over. Raises ``OSError`` when the store side is gone."""
         ...
 
-    def sweep(self) -> Sweep:
-        """Enforce retention, a bounded chunk at a time. Raises ``OSError`` when it cannot."""
+    def receive(self, timeout: float) -> list[StoreReply]:
+        """The answers that came, waiting up to ``timeout`` for the first. Raises ``OSError`` when the
+        store side is gone."""
         ...
 
-    def close(self) -> None: ...
+    def restart(self) -> None:
+        """Stop the store side (at once) and start a new one."""
+        ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+class _Waiting(NamedTuple):
+    payloads: Sequence[bytes]
+    ends: Sequence[Position]
+    derived: Sequence[Derived | None]
+    #: The batch's end in the spool (past its last record, kept or not).
+    end: Position
 
 
 class SinkFeed:
-    """Feeds an ``EventSink`` from the worker loop."""
+    """Feeds the store from the worker loop (one thread: the worker's)."""
 
-    def __init__(self, sink: EventSink, observer: Observer, *, clock: Any = time.monotonic) -> None:
-        self._sink = sink
+    def __init__(
+        self,
+        link: StoreLink,
+        observer: Observer,
+        lock: threading.RLock,
+        stored: Callable[[Position], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``lock``: the metrics lock (a failure is counted under it, with ``accounted_to``);
+        ``stored``: told the end of each batch the store answered for (under the same lock)."""
+        self._link = link
         self._observer = observer
+        self._lock = lock
+        self._stored = stored
         self._clock = clock
-        self._next_sweep = clock()
+        self._seq = 0
+        self._waiting: dict[int, _Waiting] = {}
+        self._answered_at = clock()
+        #: The end of a batch with nothing to store, sent after those still waiting.
+        self._trailing: Position | None = None
+        #: Every event before it was stored or counted as not stored (in the metric checkpoint).
+        self.accounted_to: Position | None = None
         self._write_failing = False
         self._dropped_in_episode = 0
-        self._sweep_failing = False
 
-    def write(self, envelopes: Sequence[Envelope], derived: Sequence[Derived | None], counted: int) -> None:
-        """Keep a recorded batch; ``counted``: its leading envelopes whose counts the restored metric
-        checkpoint holds (a failure is counted for the others only). The caller holds the metrics
-        lock, so a failure's count goes into the same checkpoint as the batch's metrics."""
-        try:
-            self._sink.write(envelopes, derived)
-        except Exception as exc:  # OSError as a rule; whatever it is, export goes on
-            lost = len(envelopes) - counted
-            if lost > 0:
-                self._observer.dropped("store", "store_unwritable", lost)
-                self._dropped_in_episode += lost
-            if not self._write_failing:
-                self._write_failing = True
-                diagnostics().warning(
-                    "store_write_failed",
-                    error=str(exc) if isinstance(exc, OSError) else repr(exc),
-                    action="export goes on; the events not stored are counted in "
-                    'otel_service_dropped_total{signal="store"} until a write succeeds again',
-                )
+    # -- the checkpoint's part (``Aggregates.keep``) --------------------------------------------
+
+    def dump(self) -> list[int] | None:
+        at = self.accounted_to
+        return None if at is None else [at.segment, at.offset]
+
+    def restore(self, dumped: Any) -> None:
+        self.accounted_to = None if dumped is None else Position(int(dumped[0]), int(dumped[1]))
+
+    # -- the worker's side ----------------------------------------------------------------------
+
+    def write(
+        self,
+        payloads: Sequence[bytes],
+        ends: Sequence[Position],
+        derived: Sequence[Derived | None],
+        *,
+        end: Position,
+    ) -> None:
+        """Send a recorded batch: the records of its envelopes, their ends, the recorder's values, and
+        where the batch ends (past records that could not be decoded, if any)."""
+        if not payloads:  # nothing to store; its end counts once the batches before it are answered
+            with self._lock:
+                if self._waiting:
+                    self._trailing = end
+                else:
+                    self._account(end)
             return
-        if self._write_failing:
-            self._write_failing = False
-            diagnostics().info("store_write_recovered", events_not_stored=self._dropped_in_episode)
-            self._dropped_in_episode = 0
+        self._seq += 1
+        if not self._waiting:
+            self._answered_at = self._clock()
+        self._waiting[self._seq] = _Waiting(payloads, ends, derived, end)
+        try:
+            self._link.send(self._seq, payloads, derived)
+        except OSError:
+            self._restart()
+        self.poll(0.0)
+        while len(self._waiting) > MAX_WAITING:
+            self.poll(0.05)
 
-    def sweep_if_due(self) -> None:
-        """Enforce retention when it is time (the worker loop calls this between batches)."""
+    def waiting(self) -> int:
+        """Batches sent and not answered yet."""
+        return len(self._waiting)
+
+    def poll(self, timeout: float) -> None:
+        """Take the store's answers (waiting up to ``timeout`` for one); start the store side again if
+        it is gone, or stalled."""
+        try:
+            replies = self._link.receive(timeout)
+        except OSError:
+            self._restart()
+            return
         now = self._clock()
-        if now < self._next_sweep:
-            return
-        try:
-            swept = self._sink.sweep()
-        except Exception as exc:  # OSError as a rule; whatever it is, export goes on
-            self._next_sweep = now + SWEEP_SECONDS
-            if not self._sweep_failing:
-                self._sweep_failing = True
-                diagnostics().warning("store_retention_failed", error=repr(exc), action="tried again")
-            return
-        if self._sweep_failing:
-            self._sweep_failing = False
-            diagnostics().info("store_retention_recovered")
-        self._next_sweep = now if not swept.done else now + SWEEP_SECONDS
+        if replies:
+            self._answered_at = now
+        for reply in replies:
+            batch = self._waiting.pop(reply.seq, None)
+            if batch is not None:
+                self._answered(batch, reply.error)
+        if self._waiting and now - self._answered_at > STALL_SECONDS:
+            self._stalled()
 
-    def close(self) -> None:
-        self._sink.close()
+    def finish(self, deadline: float) -> None:
+        """Wait (until ``deadline``, a ``clock()`` value) for the answers to everything sent."""
+        while self._waiting and self._clock() < deadline:
+            self.poll(min(0.05, max(0.0, deadline - self._clock())))
+
+    def close(self, timeout: float) -> None:
+        self._link.close(timeout)
+
+    # -- answers ----------------------------------------------------------------------------------
+
+    def _answered(self, batch: _Waiting, error: str | None) -> None:
+        with self._lock:
+            if error is not None:
+                self._count_lost(batch.ends, "store_unwritable", error)
+            elif self._write_failing:
+                self._write_failing = False
+                diagnostics().info("store_write_recovered", events_not_stored=self._dropped_in_episode)
+                self._dropped_in_episode = 0
+            self._account(batch.end)
+
+    def _count_lost(self, ends: Sequence[Position], reason: str, error: str) -> None:
+        before = self.accounted_to
+        lost = len(ends) if before is None else sum(1 for end in ends if end > before)
+        if lost:
+            self._observer.dropped("store", reason, lost)
+            self._dropped_in_episode += lost
+        if not self._write_failing:
+            self._write_failing = True
+            diagnostics().warning(
+                "store_write_failed",
+                error=error,
+                reason=reason,
+                action="export goes on; the events not stored are counted in "
+                'otel_service_dropped_total{signal="store"} until a write succeeds again',
+            )
+
+    def _account(self, end: Position) -> None:
+        if self._trailing is not None and not self._waiting:
+            end, self._trailing = max(end, self._trailing), None
+        self.accounted_to = end if self.accounted_to is None else max(self.accounted_to, end)
+        self._stored(end)
+
+    def _restart(self) -> None:
+        """The store side is gone: start it again and send again what it had not answered."""
+        diagnostics().warning("store_process_exited", waiting_batches=len(self._waiting), action="restarted")
+        self._link.restart()
+        self._answered_at = self._clock()
+        try:
+            for seq, batch in self._waiting.items():
+                self._link.send(seq, batch.payloads, batch.derived)
+        except OSError:
+            pass  # gone again: the next poll starts it again
+
+    def _stalled(self) -> None:
+        """Nothing answered for too long: count what waits as not stored, and start it again."""
+        with self._lock:
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+            for batch in waiting:
+                self._count_lost(batch.ends, "store_stalled", f"no answer for {STALL_SECONDS:g} s")
+                self._account(batch.end)
+        self._link.restart()
+        self._answered_at = self._clock()

@@ -35,7 +35,7 @@ from .delivery import Batch, DeliveryThread, ExportStatus, Observer, RetryingSen
 from .progress import Progress
 from .recorder import Recorder
 from .sender import Sender
-from .sink import EventSink, SinkFeed
+from .sink import SinkFeed, StoreLink
 
 __all__ = ["ExportStatus", "ExportWorker", "MetricState"]
 
@@ -55,6 +55,8 @@ class MetricState(Protocol):
 
     def restore(self, dumped: Mapping[str, Any]) -> None: ...
 
+    def keep(self, name: str, dump: Callable[[], Any], restore: Callable[[Any], None]) -> None: ...
+
 
 class ExportWorker:
     """Moves accepted events from the spool to telemetry, one batch at a time."""
@@ -71,11 +73,11 @@ class ExportWorker:
         batch_size: int = 512,
         linger: float = 0.0,
         pressing: Callable[[], bool] = lambda: False,
-        sink: EventSink | None = None,
+        store: StoreLink | None = None,
     ) -> None:
         """``metric_state``: the totals to restore and checkpoint (restored here, from the spool's
         checkpoint); ``pressing``: whether the backlog is near its bound (retries then probe sooner);
-        ``sink``: where each recorded batch is also kept (the event store)."""
+        ``store``: where each recorded batch is also kept (the event store)."""
         self._reader = reader
         self._recorder = recorder
         self._resource = resource
@@ -86,9 +88,14 @@ class ExportWorker:
         self._linger = linger
         self.status = ExportStatus(enabled=sender is not None)
         self._observer = Observer(self.status, instruments)
-        self._sink = None if sink is None else SinkFeed(sink, self._observer)
         self._state = metric_state
-        self._progress = Progress(reader.cursor, checkpoint=self._restore(reader.cursor.metrics))
+        self._sink = None
+        if store is not None:
+            self._sink = SinkFeed(store, self._observer, metric_state.lock, self._stored)
+            metric_state.keep("store_accounted", self._sink.dump, self._sink.restore)
+        self._progress = Progress(
+            reader.cursor, checkpoint=self._restore(reader.cursor.metrics), storing=store is not None
+        )
         #: Held while a checkpoint is taken and saved (taken in order, saved in order).
         self._checkpoint_lock = threading.Lock()
         self._checkpointed_at = time.monotonic()
@@ -133,13 +140,17 @@ class ExportWorker:
                 ):
                     self.checkpoint()  # (pushes and scrapes save what else changed, first)
                 if self._sink is not None:
-                    self._sink.sweep_if_due()
+                    self._sink.poll(0.0)
                 if self._past_deadline():
                     break
         finally:
             if self._delivery is not None:
                 self._delivery.finish()
+            if self._sink is not None:
+                self._sink.finish(self._deadline if self._deadline is not None else time.monotonic() + 5.0)
             self.checkpoint()
+            if self._sink is not None:
+                self._sink.close(timeout=max(0.1, (self._deadline or time.monotonic()) - time.monotonic()))
             self.status.state = "stopped"
 
     def stop(self, timeout: float) -> None:
@@ -148,10 +159,8 @@ class ExportWorker:
         self._stop.set()
 
     def close(self) -> None:
-        """Let go of the spool (its reader lock) and the sink, after ``run``."""
+        """Let go of the spool (its reader lock), after ``run``."""
         self._reader.close()
-        if self._sink is not None:
-            self._sink.close()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until everything spooled so far is delivered (tests, benchmarks)."""
@@ -163,8 +172,9 @@ class ExportWorker:
         return False
 
     def recorded_to(self) -> Position:
-        """The end of the last batch recorded (its metrics counted, its span and log built)."""
-        return self._progress.recorded
+        """Every event before it is recorded (its metrics counted, its span and log built) and, with a
+        store, stored (or counted as not stored)."""
+        return self._progress.reflected()
 
     def caught_up(self) -> bool:
         """Everything on disk now has been recorded and delivered."""
@@ -204,6 +214,7 @@ class ExportWorker:
                 # restart without being counted again): never save them at an earlier position.
                 covered = max(self._progress.recorded, self._progress.metrics)
                 taken = Checkpoint(covered, self._state.dump())
+                stored = self._progress.stored
                 if collect is not None:
                     collect()
             self._checkpointed_at = time.monotonic()
@@ -219,7 +230,7 @@ class ExportWorker:
                 self._checkpoint_failing = True
                 return False
             self._checkpoint_failing = False
-            self._progress.checkpointed(taken.position)
+            self._progress.checkpointed(taken.position, stored)
             self.save_cursor()
             return True
 
@@ -242,19 +253,21 @@ class ExportWorker:
         if not payloads:
             return 0
         envelopes: list[Envelope] = []
+        kept: list[bytes] = []
         kept_ends: list[Position] = []
         for payload, end in zip(payloads, ends, strict=True):
             try:
                 envelopes.append(decode_envelope(payload))
+                kept.append(payload)
                 kept_ends.append(end)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self._observer.dropped("all", "undecodable_record", 1)
         plan = self._progress.plan(kept_ends, sending=self._delivery is not None)
         with self.metrics_lock:
             recorded = self._recorder.record(envelopes, replay=plan.replay, counted=plan.counted)
-            if self._sink is not None:  # before the cursor can pass these events
-                self._sink.write(envelopes, recorded.derived, plan.counted)
             self._progress.record(ends[-1])
+        if self._sink is not None:  # the cursor waits for its answer (``Progress.stored``)
+            self._sink.write(kept, kept_ends, recorded.derived, end=ends[-1])
         self.status.processed += len(envelopes)
         if plan.replay:
             self._observer.replayed(plan.replay)
@@ -279,6 +292,9 @@ class ExportWorker:
         if not self._delivery.hand_over(batch):
             return 0  # stopping with the batch undelivered: it stays in the spool
         return len(payloads)
+
+    def _stored(self, end: Position) -> None:
+        self._progress.store(end)
 
     def _delivered(self, batch: Batch) -> None:
         self._delivered_to(batch.end, batch.records)

@@ -26,10 +26,11 @@ from ..intake.status import READY_FILL_RATIO, ExportView
 from ..model.pricing import load_price_table
 from ..spool import Position, SpoolReader, stats, undelivered
 from ..spool.checkpoint import Identity, spool_identity
-from ..store import EventStore, Retention
+from ..store import Retention
 from ..telemetry.instruments import WorkerInstruments, observe_store_rows, register_observables
 from ..telemetry.logs import create_event_logger
 from ..telemetry.providers import Metrics, create_metrics, create_resource, shutdown_quietly
+from .store_link import StoreLink
 
 __all__ = ["ExportRunner", "ThreadRunner", "WorkerParts", "wire_export"]
 
@@ -38,8 +39,8 @@ __all__ = ["ExportRunner", "ThreadRunner", "WorkerParts", "wire_export"]
 class WorkerParts:
     worker: ExportWorker
     metrics: Metrics
-    #: The event store the worker writes (``OTELSVC_STORE=on``).
-    store: EventStore | None = None
+    #: The event store's process the worker feeds (``OTELSVC_STORE=on``).
+    store: StoreLink | None = None
 
 
 def wire_export(
@@ -77,9 +78,11 @@ def wire_export(
     metrics.aggregates.keep("label_guards", recorder.guards_state, recorder.restore_guards)
     store = None
     if settings.store == "on":
-        store = EventStore(
+        store = StoreLink(
             settings.store_file,
             Retention(int(settings.store_retention * 1e9), settings.store_max_bytes),
+            log_level=settings.log_level,
+            in_thread=settings.export_mode == "thread",
         )
         observe_store_rows(metrics.aggregates, store.counts)
     sender = sender or (
@@ -102,7 +105,7 @@ def wire_export(
         batch_size=settings.export_batch_size,
         linger=settings.export_delay,
         pressing=lambda: undelivered(settings.spool_dir) >= READY_FILL_RATIO * settings.spool_max_bytes,
-        sink=store,
+        store=store,
     )
     metrics.reader.bind_checkpoint(worker.checkpoint)
     register_observables(
@@ -180,5 +183,3 @@ class ThreadRunner:
         await asyncio.to_thread(self._thread.join, timeout)
         shutdown_quietly(self.parts.metrics.provider, max(0.5, deadline - time.monotonic()))
         self.parts.worker.save_cursor()
-        if self.parts.store is not None and not self._thread.is_alive():
-            self.parts.store.close()

@@ -8,6 +8,8 @@ A ``Position`` is (segment number, byte offset). The cursor file holds three of 
     metrics:         the totals of every event before it are saved (``checkpoint``; never ahead of it)
     inflight:        the end of the batch being sent when the cursor was written (>= delivered):
                      after a crash, records up to it are sent again and counted as possible duplicates
+    stored:          (with an event store) every event before it is in the store, or counted as not
+                     stored in the metric checkpoint; ``committed`` waits for it too
 
 ``export.progress`` owns the rules that move them; this module only stores them.
 """
@@ -33,16 +35,19 @@ class Position:
 class Cursor:
     """How far the exporter got. ``delivered``: spans and logs accepted by the collector;
     ``metrics``: the metric checkpoint's position; ``inflight``: the end of the
-    batch being sent when the cursor was written. Everything before ``committed`` (the lesser of the
-    first two) is done, and segments wholly before it are deleted."""
+    batch being sent when the cursor was written; ``stored``: the event store's, ``None`` without one.
+    Everything before ``committed`` (the least of the first two and ``stored``) is done, and segments
+    wholly before it are deleted."""
 
     delivered: Position
     metrics: Position
     inflight: Position
+    stored: Position | None = None
 
     @property
     def committed(self) -> Position:
-        return min(self.delivered, self.metrics)
+        done = min(self.delivered, self.metrics)
+        return done if self.stored is None else min(done, self.stored)
 
     @classmethod
     def at(cls, position: Position) -> Cursor:
@@ -50,15 +55,22 @@ class Cursor:
 
     def dumps(self) -> str:
         positions = (self.delivered, self.metrics, self.inflight)
-        return " ".join(f"{p.segment} {p.offset}" for p in positions)
+        text = " ".join(f"{p.segment} {p.offset}" for p in positions)
+        return text if self.stored is None else f"{text} stored {self.stored.segment} {self.stored.offset}"
 
     @classmethod
     def loads(cls, text: str) -> Cursor:
-        numbers = [int(part) for part in text.split()]
-        if len(numbers) not in (6, 8):  # 8: with the metric push under way, before checkpoints
+        head, _, tail = text.partition("stored")
+        try:
+            numbers = [int(part) for part in head.split()]
+            stored = [int(part) for part in tail.split()]
+        except ValueError:
+            raise ValueError(f"bad cursor {text!r}") from None
+        # 8 numbers: with the metric push under way, before checkpoints.
+        if len(numbers) not in (6, 8) or len(stored) not in (0, 2) or (len(numbers) == 8 and stored):
             raise ValueError(f"bad cursor {text!r}")
         delivered, metrics, inflight = (Position(numbers[k], numbers[k + 1]) for k in (0, 2, 4))
-        return cls(delivered, metrics, max(delivered, inflight))
+        return cls(delivered, metrics, max(delivered, inflight), Position(*stored) if stored else None)
 
 
 def read_cursor(directory: Path) -> Cursor | None:
