@@ -16,7 +16,8 @@ from otel_service.export.recorder import Derived
 from otel_service.model.events import Event
 from otel_service.spool.record import Envelope
 from otel_service.store import AnalyticsReader, EventStore, Retention, Slice, StoreError, StoreTimeout
-from otel_service.store.schema import COLUMNS, KIND_COLUMNS, row_of
+from otel_service.store.lookup import find, sql
+from otel_service.store.schema import COLUMNS, KIND_COLUMNS, MINUTE_NS, row_of
 from otel_service.testing import OtlpReceiver
 
 from .conftest import StartApp, point_values
@@ -63,6 +64,14 @@ def _rows(path: Path, where: str = "") -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def _used(path: Path) -> int:
+    """The size of the database's pages in use (free pages aside)."""
+    with sqlite3.connect(path) as connection:
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * connection.execute("PRAGMA page_size").fetchone()[0])
+
+
 def _size(path: Path) -> int:
     """The database's size in pages (what the file holds once the write-ahead log is checkpointed)."""
     with sqlite3.connect(path) as connection:
@@ -86,7 +95,12 @@ def test_the_schema_has_the_table_its_indexes_and_the_lab_view(store: EventStore
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert columns == [name for name, _, _ in COLUMNS]
     assert sorted(indexes.values()) == sorted(
-        [["time_unix_ns"], ["business_id", "time_unix_ns"], ["correlation_id"], ["trace_id", "span_id"]]
+        [
+            ["time_unix_ns"],
+            ["business_id", "time_unix_ns"],
+            ["received_minute", "correlation_id"],
+            ["received_minute", "trace_id", "span_id"],
+        ]
     )
     assert lab == LAB_COLUMNS
     assert mode == "wal"
@@ -201,7 +215,7 @@ def test_retention_by_age_deletes_old_rows_in_chunks_and_counts_them(tmp_path: P
 
 
 def test_retention_by_size_evicts_the_oldest_rows_and_counts_them(tmp_path: Path) -> None:
-    """Beyond the size bound the oldest rows go until the file fits; the file shrinks; each is counted."""
+    """Beyond the size bound the oldest rows go until pages in use fit, each counted; freed pages reused."""
     path = tmp_path / "e.sqlite"
     store = EventStore(path, Retention(max_age_ns=0, max_bytes=256 << 10, chunk_rows=100))
     base = time.time_ns()
@@ -221,10 +235,22 @@ def test_retention_by_size_evicts_the_oldest_rows_and_counts_them(tmp_path: Path
         kept = [
             row[0] for row in connection.execute("SELECT correlation_id FROM events ORDER BY time_unix_ns")
         ]
-    assert _size(path) <= 256 << 10 < before
+    assert _used(path) <= 256 << 10 < before
     assert 0 < len(kept) < 2000
     assert store.counts()["evicted_for_size"] == 2000 - len(kept)
     assert kept == [f"c-{n}" for n in range(2000 - len(kept), 2000)]  # the newest stay
+    # As many rows again go into the pages retention freed: the file does not grow.
+    grown = _size(path)
+    for batch in range(10, 20):
+        envelopes = [
+            _envelope(n, at_ns=base + n, attributes={"pad": filler})
+            for n in range(batch * 200, (batch + 1) * 200)
+        ]
+        store.write(envelopes, [None] * len(envelopes))
+        while not store.sweep().done:
+            pass
+    assert _size(path) <= grown
+    assert _used(path) <= 256 << 10
 
 
 def test_a_full_disk_fails_the_batch_whole_and_the_store_recovers(store: EventStore) -> None:
@@ -316,3 +342,40 @@ async def test_a_store_that_cannot_be_written_never_stops_export(
     metrics = (await (await app.client.get("/metrics")).read()).decode()
     dropped = [line for line in metrics.splitlines() if line.startswith("otel_service_dropped_total{")]
     assert [line.rsplit(" ", 1)[1] for line in dropped if 'reason="store_unwritable"' in line] == ["30.0"]
+
+
+@pytest.mark.parametrize("by", ["correlation_id", "trace_id"])
+def test_a_lookup_by_id_finds_its_rows_across_minutes_by_index(store: EventStore, by: str) -> None:
+    """Rows of one ID received minutes apart are all found, each minute by an index seek, not a scan."""
+    base = 1_800_000_000 * 10**9
+    envelopes = [
+        msgspec.structs.replace(_envelope(n), received_ns=base + n * 7 * MINUTE_NS, correlation_id="c-x")
+        if n % 3 == 0
+        else _envelope(n)
+        for n in range(12)
+    ]
+    envelopes = [
+        msgspec.structs.replace(e, trace_id="ab" * 16) if e.correlation_id == "c-x" else e for e in envelopes
+    ]
+    store.write(envelopes, [None] * len(envelopes))
+    value = "c-x" if by == "correlation_id" else "ab" * 16
+    with sqlite3.connect(store.path) as connection:
+        found = find(connection, by, value, ("span_id", "correlation_id"))
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql(by, ('span_id',))}", (value,))]
+    assert [row["span_id"] for row in found] == [envelopes[n].span_id for n in (0, 3, 6, 9)]
+    index = "idx_events_correlation" if by == "correlation_id" else "sqlite_autoindex_events_1"
+    assert any(step.startswith(f"SEARCH e USING INDEX {index} (received_minute=? AND") for step in plan), plan
+    assert not any(step.startswith("SCAN e") for step in plan), plan
+
+
+def test_a_store_file_of_an_older_schema_is_refused_by_name_and_left_as_it_is(tmp_path: Path) -> None:
+    """A file made by an earlier (unreleased) schema is not written into: its writes fail, saying why."""
+    path = tmp_path / "events.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE events (trace_id TEXT, span_id TEXT, PRIMARY KEY (trace_id, span_id))"
+        )
+    with pytest.raises(StoreError, match=r"schema 0 .* move it away"):
+        EventStore(path, NO_BOUNDS).write(*_batch(0, 1))
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)

@@ -37,6 +37,9 @@ __all__ = ["MAX_ROWS_PER_TRANSACTION", "StoreLink", "serve"]
 
 #: Most rows one transaction takes when batches queue up.
 MAX_ROWS_PER_TRANSACTION = 5000
+#: How long a transaction waits for more batches after its first: a commit writes every page it
+#: changed, so small ones cost most per row (and the queued batches of a busy store go in together anyway).
+LINGER_SECONDS = 0.02
 #: How often retention is enforced when the previous sweep finished its work.
 SWEEP_SECONDS = 5.0
 #: ``seq`` of the message that closes the store, and of answers to no batch (counts only).
@@ -60,6 +63,7 @@ def serve(connection: Connection, store: EventStore, *, clock: Callable[[], floa
             payloads: list[bytes] = []
             derived: list[Derived | None] = []
             closing = False
+            first = clock()
             while True:
                 seq, batch, values = _decode_request(connection.recv_bytes())
                 if seq == _CLOSE:
@@ -68,7 +72,9 @@ def serve(connection: Connection, store: EventStore, *, clock: Callable[[], floa
                 seqs.append(seq)
                 payloads += batch
                 derived += values
-                if len(payloads) >= MAX_ROWS_PER_TRANSACTION or not connection.poll(0):
+                if len(payloads) >= MAX_ROWS_PER_TRANSACTION:
+                    break
+                if not connection.poll(max(0.0, first + LINGER_SECONDS - clock())):
                     break
             error = _write(store, payloads, derived) if payloads else None
             counts = store.counts()

@@ -47,8 +47,8 @@ def _delete_oldest(connection: Connection, limit: int, outcome: str, before_ns: 
     parameters = (before_ns, limit) if before_ns is not None else (limit,)
     with transaction(connection):
         deleted = connection.execute(
-            f"DELETE FROM {TABLE} WHERE (trace_id, span_id) IN "
-            f"(SELECT trace_id, span_id FROM {TABLE} {where}ORDER BY time_unix_ns LIMIT {p})",
+            f"DELETE FROM {TABLE} WHERE (received_minute, trace_id, span_id) IN (SELECT received_minute, "
+            f"trace_id, span_id FROM {TABLE} {where}ORDER BY time_unix_ns LIMIT {p})",
             parameters,
         ).rowcount
         if deleted > 0:

@@ -14,9 +14,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .dialect import ERRORS, Connection, connect_writer, transaction
+from .dialect import (
+    ERRORS,
+    Connection,
+    connect_writer,
+    has_table,
+    schema_version,
+    set_schema_version,
+    transaction,
+)
 from .retention import Retention, Swept, add_count, sweep
-from .schema import COUNTED_OUTCOMES, INSERTS, SCHEMA, DerivedValues, StoredEnvelope, row_of
+from .schema import (
+    COUNTED_OUTCOMES,
+    INSERTS,
+    SCHEMA,
+    TABLE,
+    VERSION,
+    DerivedValues,
+    StoredEnvelope,
+    row_of,
+)
 
 __all__ = ["EventStore", "StoreError"]
 
@@ -42,8 +59,15 @@ class EventStore:
             connection = connect_writer(self.path)
             try:
                 with transaction(connection):
+                    made = schema_version(connection)
+                    if made != VERSION and has_table(connection, TABLE):
+                        raise StoreError(
+                            f"{self.path} holds a store of schema {made} (this version writes schema "
+                            f"{VERSION}, from an unreleased version before it): move it away"
+                        )
                     for statement in SCHEMA:
                         connection.execute(statement)
+                    set_schema_version(connection, VERSION)
                 counts = connection.execute("SELECT outcome, row_count FROM store_counts").fetchall()
             except BaseException:
                 connection.close()
