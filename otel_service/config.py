@@ -310,7 +310,7 @@ class Settings:
     store_max_bytes: int = _setting(
         "OTELSVC_STORE_MAX_BYTES",
         1 << 30,
-        "bound on the event store's file; beyond it the oldest rows are deleted",
+        "bound on the event store's pages in use; beyond it the oldest rows are deleted",
         parse=_integer(1 << 20),
         shown="1073741824",
     )

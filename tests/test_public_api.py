@@ -21,7 +21,7 @@ PRIVATE_MODULES = ["__init__", "__main__", "_version"]
 PACKAGES = ["export", "intake", "model", "runtime", "spool", "store", "telemetry"]
 #: What each module may import from this package: the packages (or top-level modules) named here.
 #: Dependencies point inward: model <- spool <- intake / export <- runtime <- cli; model <- store <- intake
-#: (analytics) / runtime (the export side reaches the store through its EventSink protocol).
+#: (analytics) / runtime (the export side feeds the store through its StoreLink protocol).
 ALLOWED_INSIDE = {
     "model": {"model"},
     "config": set(),
