@@ -3,7 +3,9 @@
 Events go into a bounded queue and are posted in batches to ``/v1/events`` by a background worker. No
 method raises into the app or blocks it beyond a queue insert; everything dropped is counted in
 ``dropped`` by reason: ``queue_full``, ``closed``, ``rejected`` (the sidecar refused the item),
-``send_failed`` (unreachable or still refusing after retries), ``unserializable`` (not JSON).
+``send_failed`` (unreachable or still refusing after retries), ``unserializable`` (not JSON). With
+``opentelemetry-api`` importable, events go with the ``traceparent`` (and ``tracestate``) of the span
+current at ``send``, unless they name their own ``trace_id``/``span_id``; one request per trace.
 """
 
 from __future__ import annotations
@@ -22,9 +24,25 @@ from urllib.parse import urlparse
 
 import aiohttp
 
+try:
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # no OpenTelemetry in the app: events carry no trace context
+    _otel_trace = None  # type: ignore[assignment]
+
 __all__ = ["AsyncEventClient", "EventClient"]
 
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
+_Trace = tuple[tuple[str, str], ...]  # an event's trace headers: traceparent (and tracestate), or none
+
+
+def _trace_headers(event: Mapping[str, Any]) -> _Trace:
+    """The current span's W3C headers (as the intake parses them), unless the event names its parent."""
+    span = _otel_trace.get_current_span().get_span_context() if _otel_trace else None
+    if span is None or not span.is_valid or event.get("trace_id") or event.get("span_id"):
+        return ()
+    parent = ("traceparent", f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}")
+    state = span.trace_state.to_header()
+    return (parent, ("tracestate", state)) if state else (parent,)
 
 
 def _retry_after(value: str | None, default: float) -> float:
@@ -68,7 +86,7 @@ class _Accounting:
 class _Client:
     """What both clients share: the bounded queue of encoded events and the accounting."""
 
-    _queue: queue.Queue[bytes] | asyncio.Queue[bytes]
+    _queue: queue.Queue[tuple[_Trace, bytes]] | asyncio.Queue[tuple[_Trace, bytes]]
     _full: tuple[type[Exception], ...] = (queue.Full, asyncio.QueueFull)
 
     def __init__(
@@ -100,11 +118,18 @@ class _Client:
         if encoded is None:
             return False
         try:
-            self._queue.put_nowait(encoded)
+            self._queue.put_nowait((_trace_headers(event), encoded))
         except self._full:
             self._accounting.dropped["queue_full"] += 1
             return False
         return True
+
+    def _requests(self, batch: list[tuple[_Trace, bytes]]) -> list[tuple[list[bytes], dict[str, str]]]:
+        """A batch as requests (events, headers): one per trace context, in order."""
+        groups: dict[_Trace, list[bytes]] = {}
+        for trace, encoded in batch:
+            groups.setdefault(trace, []).append(encoded)
+        return [(events, {**self._headers, **dict(trace)}) for trace, events in groups.items()]
 
 
 class EventClient(_Client):
@@ -130,7 +155,7 @@ class EventClient(_Client):
         super().__init__(
             token=token, batch_size=batch_size, flush_interval=flush_interval, max_retries=max_retries
         )
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[tuple[_Trace, bytes]] = queue.Queue(maxsize=max_queue)
         self._conn: http.client.HTTPConnection | None = None
         self._thread = threading.Thread(target=self._run, name="otel-service-client", daemon=True)
         self._thread.start()
@@ -162,25 +187,24 @@ class EventClient(_Client):
                 batch = [self._queue.get(timeout=self._interval)]
             except queue.Empty:
                 continue
-            while len(batch) < self._batch_size:
-                try:
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < self._batch_size:
                     batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._post(batch)
-            except Exception:  # never let the app's telemetry thread die
-                self._accounting.dropped["send_failed"] += len(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            for events, headers in self._requests(batch):
+                try:
+                    self._post(events, headers)
+                except Exception:  # never let the app's telemetry thread die
+                    self._accounting.dropped["send_failed"] += len(events)
+                finally:
+                    for _ in events:
+                        self._queue.task_done()
 
-    def _post(self, batch: list[bytes]) -> None:
+    def _post(self, batch: list[bytes], headers: dict[str, str]) -> None:
         body = b"[" + b",".join(batch) + b"]"
         delay = 0.1
         for attempt in range(self._max_retries + 1):
             try:
-                status, answer, retry_after = self._request(body)
+                status, answer, retry_after = self._request(body, headers)
             except (OSError, http.client.HTTPException):
                 self._disconnect()
                 status, answer, retry_after = 0, b"", None
@@ -192,11 +216,11 @@ class EventClient(_Client):
                 delay *= 2
         self._accounting.dropped["send_failed"] += len(batch)
 
-    def _request(self, body: bytes) -> tuple[int, bytes, str | None]:
+    def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
         if self._conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             self._conn = cls(self._host, self._port, timeout=self._timeout)
-        self._conn.request("POST", self._path, body=body, headers=self._headers)
+        self._conn.request("POST", self._path, body=body, headers=headers)
         response = self._conn.getresponse()
         return response.status, response.read(), response.getheader("Retry-After")
 
@@ -220,7 +244,7 @@ class AsyncEventClient(_Client):
         super().__init__(
             token=token, batch_size=batch_size, flush_interval=flush_interval, max_retries=max_retries
         )
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)
+        self._queue: asyncio.Queue[tuple[_Trace, bytes]] = asyncio.Queue(maxsize=max_queue)
         self._session: aiohttp.ClientSession | None = None
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -242,19 +266,19 @@ class AsyncEventClient(_Client):
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
+            batch = [await self._queue.get()]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._post(batch)
-            except Exception:  # never let the app's telemetry task die
-                self._accounting.dropped["send_failed"] += len(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            for events, headers in self._requests(batch):
+                try:
+                    await self._post(events, headers)
+                except Exception:  # never let the app's telemetry task die
+                    self._accounting.dropped["send_failed"] += len(events)
+                finally:
+                    for _ in events:
+                        self._queue.task_done()
 
-    async def _post(self, batch: list[bytes]) -> None:
+    async def _post(self, batch: list[bytes], headers: dict[str, str]) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         body = b"[" + b",".join(batch) + b"]"
@@ -262,7 +286,7 @@ class AsyncEventClient(_Client):
         for attempt in range(self._max_retries + 1):
             retry_after = None
             try:
-                async with self._session.post(self._url, data=body, headers=self._headers) as resp:
+                async with self._session.post(self._url, data=body, headers=headers) as resp:
                     status, answer = resp.status, await resp.read()
                     retry_after = resp.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError):

@@ -159,21 +159,39 @@ def test_apache_stack_services() -> None:
     prom = _mounts(services["prometheus"])
     scrape = REPO / "prometheus" / "scrape" / "jaeger-victorialogs.yml"
     assert prom["/etc/prometheus/scrape/backends.yml"] == str(scrape)
-    published = {
-        name: sorted(int(p["published"]) for p in service.get("ports", []))
-        for name, service in services.items()
-        if service.get("ports")
+    assert _published(services) == {
+        "otel-service": [(5001, 5001)],
+        "otel-collector": [(4317, 4317), (4318, 4318)],
+        "prometheus": [(9090, 9090)],
+        "alertmanager": [(9093, 9093)],
+        "jaeger": [(16686, 16686)],
+        "victorialogs": [(9428, 9428)],
     }
-    assert published == {
-        "otel-service": [5001],
-        "prometheus": [9090],
-        "alertmanager": [9093],
-        "jaeger": [16686],
-        "victorialogs": [9428],
-    }
+
+
+def _published(services: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
+    """service -> its published (host, container) ports, as compose resolved them; each must be TCP on
+    127.0.0.1."""
+    published = {}
     for name, service in services.items():
         for port in service.get("ports", []):
-            assert port["host_ip"] == "127.0.0.1", (name, port)
+            assert (port["host_ip"], port["protocol"]) == ("127.0.0.1", "tcp"), (name, port)
+        if service.get("ports"):
+            published[name] = sorted((int(p["published"]), int(p["target"])) for p in service["ports"])
+    return published
+
+
+def test_grafana_stack_publishes_on_loopback_only() -> None:
+    """Published on 127.0.0.1 only: intake, Grafana, OTLP, Prometheus, Alertmanager, Loki and Tempo APIs."""
+    assert _published(model("grafana")["services"]) == {
+        "otel-service": [(5001, 5001)],
+        "grafana": [(3000, 3000)],
+        "otel-collector": [(4317, 4317), (4318, 4318)],  # the app's own OTLP
+        "prometheus": [(9090, 9090)],  # the lab's steps: Status > Targets, Alerts
+        "alertmanager": [(9093, 9093)],
+        "loki": [(3100, 3100)],  # the README's "Following one request" recipes
+        "tempo": [(3200, 3200)],
+    }
 
 
 #: What may differ between the two stacks in the services they share (after `docker compose config`).

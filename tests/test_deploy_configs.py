@@ -806,16 +806,29 @@ def test_compose_mounts_and_volumes() -> None:
     assert declared == used, f"unused volumes: {sorted(declared - used)}"
 
 
-def test_compose_publishes_only_grafana_and_intake_on_loopback() -> None:
-    """Only Grafana and the sidecar intake are published, on 127.0.0.1."""
+def _published(service: str) -> dict[int, int]:
+    """host port -> container port of each published port of a service, each bound to 127.0.0.1."""
     published = {}
-    for name, service in _services().items():
-        for port in service.get("ports") or []:
-            assert isinstance(port, str), f"{name}: use the short port syntax"
-            host_ip, host_port, container_port = port.split(":")
-            assert host_ip == "127.0.0.1", f"{name}: {port} must bind the host's loopback"
-            published[name] = (int(host_port), int(container_port))
-    assert published == {"grafana": (3000, 3000), "otel-service": (5001, 5001)}
+    for port in _services()[service].get("ports") or []:
+        assert isinstance(port, str), f"{service}: use the short port syntax"
+        host_ip, host_port, container_port = port.split(":")
+        assert host_ip == "127.0.0.1", f"{service}: {port} must bind the host's loopback"
+        published[int(host_port)] = int(container_port)
+    return published
+
+
+def test_compose_publishes_only_on_loopback() -> None:
+    """Published on 127.0.0.1 only: Grafana, intake, the collector's OTLP, the UIs and query APIs."""
+    published = {name: _published(name) for name in _services() if _published(name)}
+    assert published == {
+        "grafana": {3000: 3000},
+        "otel-service": {5001: 5001},
+        "otel-collector": {4317: 4317, 4318: 4318},  # the app's own OTLP
+        "prometheus": {9090: 9090},  # Targets and Alerts
+        "alertmanager": {9093: 9093},
+        "loki": {3100: 3100},  # README "Following one request"
+        "tempo": {3200: 3200},
+    }
 
 
 def test_compose_secrets_and_required_env() -> None:
@@ -934,6 +947,7 @@ def test_compose_ports_match_configs() -> None:
     health = _port(_effective(col["extensions"]["health_check"]["endpoint"], col_env))
     assert (grpc, http, exporter, telemetry) == (4317, 4318, 8889, 8888)
     assert {grpc, http, exporter, telemetry, health} <= _expose("otel-collector")
+    assert _published("otel-collector") == {grpc: grpc, http: http}
     assert f"otel-collector:{exporter}" in prom_targets
     assert f"otel-collector:{telemetry}" in prom_targets
     assert _url_port(_environment("otel-service")["OTEL_EXPORTER_OTLP_ENDPOINT"]) == (
@@ -947,6 +961,7 @@ def test_compose_ports_match_configs() -> None:
     loki_port = int(_effective(_load_yaml(LOKI_CONFIG)["server"]["http_listen_port"], loki_env))
     assert loki_port == 3100
     assert loki_port in _expose("loki")
+    assert _published("loki") == {loki_port: loki_port}
     assert f"loki:{loki_port}" in prom_targets
     assert ds_urls["loki"] == ("loki", loki_port)
     loki_otlp = _effective(col["exporters"]["otlp_http/logs"]["endpoint"], col_env)
@@ -961,6 +976,7 @@ def test_compose_ports_match_configs() -> None:
     )
     assert (tempo_http, tempo_grpc) == (3200, 4317)
     assert {tempo_http, tempo_grpc} <= _expose("tempo")
+    assert _published("tempo") == {tempo_http: tempo_http}  # its OTLP receiver stays internal
     assert f"tempo:{tempo_http}" in prom_targets
     assert ds_urls["tempo"] == ("tempo", tempo_http)
     tempo_otlp = _effective(col["exporters"]["otlp_grpc/traces"]["endpoint"], col_env)
@@ -970,8 +986,10 @@ def test_compose_ports_match_configs() -> None:
     remote_write = _effective(tempo_cfg["metrics_generator"]["storage"]["remote_write"][0]["url"], tempo_env)
     assert remote_write == "http://prometheus:9090/api/v1/write"
     assert 9090 in _expose("prometheus")
+    assert _published("prometheus") == {9090: 9090}
     assert ds_urls["prometheus"] == ("prometheus", 9090)
     assert 9093 in _expose("alertmanager")
+    assert _published("alertmanager") == {9093: 9093}
     assert ds_urls["alertmanager"] == ("alertmanager", 9093)
     assert "otel-service:5001" in prom_targets
 
