@@ -89,7 +89,9 @@ def test_the_schema_has_the_table_its_indexes_and_the_lab_view(store: EventStore
     store.write(*_batch(0, 1))
     with sqlite3.connect(store.path) as connection:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(events)")]
-        names = [row[1] for row in connection.execute("PRAGMA index_list(events)")]
+        listed = connection.execute("PRAGMA index_list(events)").fetchall()
+        names = [row[1] for row in listed]
+        partial = {row[1] for row in listed if row[4]}
         indexes = {name: [c[2] for c in connection.execute(f"PRAGMA index_info({name})")] for name in names}
         lab = [d[0] for d in connection.execute("SELECT * FROM ai_metrics").description]
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
@@ -102,6 +104,7 @@ def test_the_schema_has_the_table_its_indexes_and_the_lab_view(store: EventStore
             ["received_minute", "trace_id", "span_id"],
         ]
     )
+    assert partial == {"idx_events_correlation"}  # (correlation IDs that are their trace ID: by the key)
     assert lab == LAB_COLUMNS
     assert mode == "wal"
 
@@ -346,25 +349,33 @@ async def test_a_store_that_cannot_be_written_never_stops_export(
 
 @pytest.mark.parametrize("by", ["correlation_id", "trace_id"])
 def test_a_lookup_by_id_finds_its_rows_across_minutes_by_index(store: EventStore, by: str) -> None:
-    """Rows of one ID received minutes apart are all found, each minute by an index seek, not a scan."""
+    """Rows of one ID received minutes apart are all found, each minute by index seeks, never a scan."""
     base = 1_800_000_000 * 10**9
-    envelopes = [
-        msgspec.structs.replace(_envelope(n), received_ns=base + n * 7 * MINUTE_NS, correlation_id="c-x")
-        if n % 3 == 0
-        else _envelope(n)
-        for n in range(12)
-    ]
-    envelopes = [
-        msgspec.structs.replace(e, trace_id="ab" * 16) if e.correlation_id == "c-x" else e for e in envelopes
-    ]
+    x = "ab" * 16
+    envelopes = []
+    for n in range(12):
+        e = msgspec.structs.replace(_envelope(n), received_ns=base + n * 7 * MINUTE_NS)
+        if n % 3 == 0:  # this request's: its trace, and the correlation ID is the trace ID or its own
+            e = msgspec.structs.replace(e, trace_id=x, correlation_id=x if n % 2 else "c-x")
+        envelopes.append(e)
     store.write(envelopes, [None] * len(envelopes))
-    value = "c-x" if by == "correlation_id" else "ab" * 16
+    value = x if by == "trace_id" else "c-x"
+    expected = [0, 3, 6, 9] if by == "trace_id" else [0, 6]
     with sqlite3.connect(store.path) as connection:
         found = find(connection, by, value, ("span_id", "correlation_id"))
-        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql(by, ('span_id',))}", (value,))]
-    assert [row["span_id"] for row in found] == [envelopes[n].span_id for n in (0, 3, 6, 9)]
-    index = "idx_events_correlation" if by == "correlation_id" else "sqlite_autoindex_events_1"
-    assert any(step.startswith(f"SEARCH e USING INDEX {index} (received_minute=? AND") for step in plan), plan
+        statement, times = sql(by, ("span_id",))
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {statement}", (value,) * times)]
+        if by == "correlation_id":  # the events whose correlation ID is their trace ID, by the trace
+            assert [r["span_id"] for r in find(connection, by, x, ("span_id",))] == [
+                envelopes[n].span_id for n in (3, 9)
+            ]
+    assert [row["span_id"] for row in found] == [envelopes[n].span_id for n in expected]
+    searches = [step for step in plan if step.startswith("SEARCH e USING INDEX")]
+    assert any("sqlite_autoindex_events_1 (received_minute=? AND trace_id=?)" in s for s in searches), plan
+    if by == "correlation_id":
+        assert any(
+            "idx_events_correlation (received_minute=? AND correlation_id=?)" in s for s in searches
+        ), plan
     assert not any(step.startswith("SCAN e") for step in plan), plan
 
 

@@ -2,7 +2,9 @@
 
 The indexes by ID lead with ``received_minute`` (see ``schema``), so a lookup walks the minutes the
 store holds, from the first to the last, and seeks each once: a week is 10,080 seeks, milliseconds.
-The walk is a recursive common table expression, which PostgreSQL runs as well.
+The walk is a recursive common table expression, which PostgreSQL runs as well. A correlation ID that
+is its event's trace ID (the rule when the app sends none) is not in the correlation index (a partial
+one) but found by the primary key.
 """
 
 from __future__ import annotations
@@ -18,22 +20,35 @@ __all__ = ["BY", "find", "sql"]
 BY = ("correlation_id", "trace_id")
 
 
-def sql(by: str, columns: tuple[str, ...]) -> str:
-    """The lookup's statement (one parameter: the ID)."""
+def sql(by: str, columns: tuple[str, ...]) -> tuple[str, int]:
+    """The lookup's statement, and how many times it takes the ID as a parameter."""
     if by not in BY:
         raise ValueError(f"a lookup is by one of {BY}, not {by!r}")
-    selected = ", ".join(f"e.{column}" for column in columns)
-    return f"""WITH RECURSIVE minutes(m) AS (
+    # (The first two columns order the rows: the event's time, then its span.)
+    selected = ", ".join(f"e.{column}" for column in ("time_unix_ns", "span_id", *columns))
+    p = PLACEHOLDER
+    found = f"SELECT {selected} FROM minutes JOIN {TABLE} e ON e.received_minute = minutes.m AND "
+    if by == "trace_id":
+        rows, parameters = f"{found}e.trace_id = {p}", 1
+    else:  # by the trace ID it is (primary key), or else by the index of the others (partial)
+        rows = (
+            f"{found}e.trace_id = {p} AND e.correlation_id = e.trace_id UNION ALL "
+            f"{found}e.correlation_id = {p} AND e.correlation_id <> e.trace_id"
+        )
+        parameters = 2
+    return (
+        f"""WITH RECURSIVE minutes(m) AS (
             SELECT MIN(received_minute) FROM {TABLE}
             UNION ALL
             SELECT m + 1 FROM minutes WHERE m < (SELECT MAX(received_minute) FROM {TABLE})
         )
-        SELECT {selected} FROM minutes
-        JOIN {TABLE} e ON e.received_minute = minutes.m AND e.{by} = {PLACEHOLDER}
-        ORDER BY e.time_unix_ns, e.span_id"""
+        SELECT * FROM ({rows}) ORDER BY 1, 2""",
+        parameters,
+    )
 
 
 def find(connection: Connection, by: str, value: str, columns: tuple[str, ...]) -> list[dict[str, Any]]:
     """The rows whose ``by`` is ``value`` (their ``columns``), oldest first."""
-    rows = connection.execute(sql(by, columns), (value,)).fetchall()
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    statement, times = sql(by, columns)
+    rows = connection.execute(statement, (value,) * times).fetchall()
+    return [dict(zip(columns, row[2:], strict=True)) for row in rows]

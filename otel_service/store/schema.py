@@ -128,7 +128,10 @@ SCHEMA: tuple[str, ...] = (
     + ",\n    PRIMARY KEY (received_minute, trace_id, span_id)\n)",
     f"CREATE INDEX IF NOT EXISTS idx_events_time ON {TABLE} (time_unix_ns)",
     f"CREATE INDEX IF NOT EXISTS idx_events_business_time ON {TABLE} (business_id, time_unix_ns)",
-    f"CREATE INDEX IF NOT EXISTS idx_events_correlation ON {TABLE} (received_minute, correlation_id)",
+    # (A correlation ID that is its event's trace ID, the rule when the app sends none, is found by
+    # the primary key: half the store's CPU per event is this index when every event has it.)
+    f"CREATE INDEX IF NOT EXISTS idx_events_correlation ON {TABLE} (received_minute, correlation_id) "
+    "WHERE correlation_id <> trace_id",
     _LAB_VIEW,
     "CREATE TABLE IF NOT EXISTS store_counts (outcome TEXT PRIMARY KEY, row_count BIGINT NOT NULL)",
     *(
