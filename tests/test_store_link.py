@@ -15,7 +15,7 @@ import pytest
 
 from otel_service.export.delivery import ExportStatus, Observer
 from otel_service.export.recorder import Derived
-from otel_service.export.sink import STALL_SECONDS, SinkFeed, StoreReply
+from otel_service.export.sink import SEND_EVENTS, SEND_SECONDS, STALL_SECONDS, SinkFeed, StoreReply
 from otel_service.model.events import LlmCall
 from otel_service.runtime.store_link import StoreLink
 from otel_service.spool import Position
@@ -87,6 +87,13 @@ class _Log:
     info = warning
 
 
+def _send(feed: SinkFeed, records: tuple[list[bytes], list[Position], list[Any]], end: Position) -> None:
+    """Write a batch, send it at once and take the answers."""
+    feed.write(*records, end=end)
+    feed.flush()
+    feed.poll(0.0)
+
+
 def _feed(
     link: Any, clock: Any = time.monotonic
 ) -> tuple[SinkFeed, ExportStatus, WorkerInstruments, list[Position]]:
@@ -105,15 +112,16 @@ def test_failed_writes_are_counted_once_per_event_and_logged_once_per_episode(
     monkeypatch.setattr("otel_service.export.sink.diagnostics", lambda: log)
     link = _Link()
     feed, status, instruments, stored = _feed(link)
-    payloads, ends, derived = _records(0, 5)
-    feed.write(payloads, ends, derived, end=ends[-1])
+    records = _records(0, 5)
+    ends = records[1]
+    _send(feed, records, ends[-1])
     assert stored == [ends[-1]]
     assert feed.accounted_to == ends[-1]
     # A restart restores the checkpoint, saved when the first two of these were accounted for.
     feed.restore([ends[1].segment, ends[1].offset])
-    feed.write(payloads, ends, derived, end=ends[-1])  # the replay: 3 more not stored
+    _send(feed, records, ends[-1])  # the replay: 3 more not stored
     link.error = None
-    feed.write(*_records(5, 2), end=Position(1, 70))
+    _send(feed, _records(5, 2), Position(1, 70))
     assert status.dropped == {"store_unwritable": 8}
     assert instruments.dropped.value({"signal": "store", "reason": "store_unwritable"}) == 8
     assert log.events == ["store_write_failed", "store_write_recovered"]
@@ -125,9 +133,8 @@ def test_the_store_position_waits_for_answers_in_order_and_for_batches_before_an
     link = _Link()
     link.silent = True
     feed, _, _, stored = _feed(link)
-    payloads, ends, derived = _records(0, 3)
-    feed.write(payloads, ends, derived, end=ends[-1])
-    feed.write([], [], [], end=Position(1, 99))  # every record of it undecodable
+    _send(feed, _records(0, 3), Position(1, 30))
+    _send(feed, ([], [], []), Position(1, 99))  # every record of it undecodable, sent on its own
     assert stored == []
     assert feed.waiting() == 1
     link.silent = False
@@ -144,7 +151,7 @@ def test_a_store_that_answers_nothing_is_counted_and_started_again(monkeypatch: 
     link = _Link()
     link.silent = True
     feed, status, _, stored = _feed(link, clock=lambda: now[0])
-    feed.write(*_records(0, 4), end=Position(1, 40))
+    _send(feed, _records(0, 4), Position(1, 40))
     now[0] = STALL_SECONDS / 2
     feed.poll(0.0)
     assert link.restarts == 0
@@ -171,7 +178,7 @@ def test_a_killed_store_process_is_started_again_and_gets_what_it_had_not_answer
     link = StoreLink(path, NO_BOUNDS, log_level="warning")
     try:
         feed, status, _, stored = _feed(link)
-        feed.write(*_records(0, 50), end=Position(1, 500))
+        _send(feed, _records(0, 50), Position(1, 500))
         feed.finish(time.monotonic() + 30)
         assert stored == [Position(1, 500)]
         host = link._host
@@ -179,7 +186,7 @@ def test_a_killed_store_process_is_started_again_and_gets_what_it_had_not_answer
         assert host.pid is not None
         os.kill(host.pid, signal.SIGKILL)
         host.join(10)
-        feed.write(*_records(50, 50), end=Position(1, 1000))
+        _send(feed, _records(50, 50), Position(1, 1000))
         feed.finish(time.monotonic() + 30)
         assert stored[-1] == Position(1, 1000)
         assert status.dropped == {}
@@ -205,3 +212,28 @@ def test_batches_queued_behind_a_commit_are_written_together_and_each_answered(t
         assert len(_rows(tmp_path / "events.sqlite")) == 100
     finally:
         link.close(5.0)
+
+
+def test_batches_are_gathered_into_one_message_until_enough_or_the_first_waited_long_enough() -> None:
+    """Small batches go out together: at SEND_EVENTS events, after SEND_SECONDS, or when flushed."""
+    now = [0.0]
+    link = _Link()
+    link.error = None
+    feed, _, _, stored = _feed(link, clock=lambda: now[0])
+    feed.write(*_records(0, 2), end=Position(1, 20))
+    feed.write(*_records(2, 3), end=Position(1, 50))
+    feed.poll(0.0)
+    assert link.stored == []
+    assert stored == []
+    now[0] = SEND_SECONDS
+    feed.poll(0.0)  # (sent now; its answer comes with the next)
+    feed.poll(0.0)
+    assert link.stored == [1]
+    assert stored == [Position(1, 50)]
+    feed.write(*_records(5, SEND_EVENTS), end=Position(2, 0))
+    feed.poll(0.0)
+    assert link.stored == [1, 2]
+    feed.write(*_records(0, 1), end=Position(2, 10))
+    feed.finish(now[0] + 1)
+    assert link.stored == [1, 2, 3]
+    assert stored[-1] == Position(2, 10)

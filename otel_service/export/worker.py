@@ -128,6 +128,8 @@ class ExportWorker:
             while True:
                 processed = self.step()
                 if processed == 0:
+                    if self._sink is not None:
+                        self._sink.flush()
                     self.save_cursor()
                     if self._stop.is_set():
                         break
