@@ -1,15 +1,17 @@
 """kill -9 loop: exact metric totals across crashes of any sidecar process, under load.
 
-Starts the sidecar (two intake processes and an export process) with a loopback OTLP receiver, posts
-batches of events from one thread, and kill -9s in turn the whole sidecar (then starts it again on
-the same spool), its export process and its second intake process (the sidecar replaces those). Then
+Starts the sidecar (two intake processes, an export process and its store process) with a loopback
+OTLP receiver, posts batches of events from one thread, and kill -9s in turn the whole sidecar (then
+starts it again on the same spool), its export process, its second intake process and the store
+process (the sidecar replaces those). Then
 it reconciles what the receiver got with what was acknowledged:
 
 - spans and log records: every acknowledged event arrives (lost must be 0); copies beyond the first
   are at most the resends the sidecar counted;
 - metric totals (``ai_requests``, the duration histogram's count, ``ai_tokens_used``, the intake's
   ``otel_service.events.received``): exactly the events the sidecar owns (acknowledged, plus any a
-  kill cut short after they were spooled), under one series identity through every restart.
+  kill cut short after they were spooled), under one series identity through every restart;
+- the event store: one row per event the receiver got, none missing and none twice.
 
     python bench/kill_loop.py [--kills 20] [--batch 20]
 
@@ -23,6 +25,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -119,7 +122,7 @@ def main() -> int:
         port, log = free_port(), Path(scratch) / "serve.log"
         process = serve(port, env, log)
         acked, cut = 0, 0
-        kills = {"sidecar": 0, "export": 0, "intake": 0}
+        kills = {"sidecar": 0, "export": 0, "intake": 0, "store": 0}
         stop = threading.Event()
 
         def load() -> None:
@@ -136,7 +139,7 @@ def main() -> int:
         try:
             for kill in range(args.kills):
                 time.sleep(0.3 + 0.1 * (kill % 5))
-                target = ("sidecar", "export", "intake")[kill % 3]
+                target = ("sidecar", "export", "intake", "store")[kill % 4]
                 kills[target] += 1
                 if target == "sidecar":
                     os.killpg(process.pid, signal.SIGKILL)
@@ -146,6 +149,17 @@ def main() -> int:
                     continue
                 intake = {row["pid"] for row in get(port, "/health/detailed")["intake_processes"]}
                 [victim] = [p for p in spawned(process.pid) if (p.pid in intake) == (target == "intake")]
+                if target == "store":  # the export process's child
+                    export = victim
+                    [victim] = spawned(export.pid)
+                    victim.kill()
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline and [p.pid for p in spawned(export.pid)] in (
+                        [],
+                        [victim.pid],
+                    ):
+                        time.sleep(0.1)
+                    continue
                 victim.kill()
                 cut += target == "intake"
                 deadline = time.monotonic() + 60
@@ -174,6 +188,8 @@ def main() -> int:
             process.wait(60)
         spans = receiver.spans()
         owned = len({s.span_id for s in spans})
+        with sqlite3.connect(Path(scratch) / "spool" / "events.sqlite") as store:
+            stored = store.execute("SELECT span_id FROM events").fetchall()
         row = {
             "kills": kills,
             "acknowledged": acked,
@@ -188,6 +204,8 @@ def main() -> int:
             "ai_tokens_used": receiver.metric_total("ai_tokens_used"),
             "events.received": receiver.metric_total("otel_service.events.received"),
             "series identities": len(receiver.metric_identities("ai_requests", DURATION)),
+            "store rows": len(stored),
+            "store rows missing": len({s.span_id.hex() for s in spans} - {row[0] for row in stored}),
             "seconds": round(time.monotonic() - started, 1),
         }
     print(json.dumps(row))
@@ -200,6 +218,8 @@ def main() -> int:
         and row["ai_tokens_used"] == 5 * owned
         and acked <= row["events.received"] <= owned
         and row["series identities"] == 1
+        and row["store rows"] == owned
+        and row["store rows missing"] == 0
     )
     print("kill loop:", "passed" if ok else "FAILED")
     return 0 if ok else 1
