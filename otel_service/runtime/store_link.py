@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import select
 import signal
 import threading
@@ -31,7 +30,7 @@ import msgspec
 from ..export.recorder import Derived
 from ..export.sink import StoreReply
 from ..spool.record import decode_envelope
-from ..store import EventStore, Retention, StoreError
+from ..store import EventStore, Retention, StoreError, status_of
 from ..telemetry.logs import configure_diagnostics, diagnostics
 
 __all__ = ["MAX_ROWS_PER_TRANSACTION", "StoreLink", "serve"]
@@ -61,9 +60,9 @@ def serve(connection: Connection, store: EventStore, *, clock: Callable[[], floa
     try:
         connection.send_bytes(_encode(([], None, store.counts())))
         while True:
+            if clock() >= sweeper.due and sweeper.sweep():  # (however busy: retention goes on)
+                connection.send_bytes(_encode(([], None, store.counts())))
             if not _ready(connection, sweeper.due - clock()):
-                if sweeper.sweep():
-                    connection.send_bytes(_encode(([], None, store.counts())))
                 continue
             seqs: list[int] = []
             payloads: list[bytes] = []
@@ -220,14 +219,4 @@ class StoreLink:
 
     def status(self) -> dict[str, Any]:
         """Where it is, its size on disk (with its log), its rows."""
-        size = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                size += os.stat(f"{self.path}{suffix}").st_size
-        counts = self.counts()
-        return {
-            "path": str(self.path),
-            "bytes": size,
-            "rows": counts["written"] - counts["expired"] - counts["evicted_for_size"],
-            "rows_by_outcome": counts,
-        }
+        return status_of(self.path, self._counts)

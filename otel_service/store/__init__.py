@@ -12,6 +12,15 @@ protocol, and ``runtime.store_link`` runs it in a process of its own.
 from .queries import Slice
 from .reader import AnalyticsReader, StoreTimeout
 from .retention import Retention, Swept
-from .writer import EventStore, StoreError
+from .writer import EventStore, StoreError, status_of
 
-__all__ = ["AnalyticsReader", "EventStore", "Retention", "Slice", "StoreError", "StoreTimeout", "Swept"]
+__all__ = [
+    "AnalyticsReader",
+    "EventStore",
+    "Retention",
+    "Slice",
+    "StoreError",
+    "StoreTimeout",
+    "Swept",
+    "status_of",
+]

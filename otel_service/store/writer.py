@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,22 @@ from .schema import (
     row_of,
 )
 
-__all__ = ["EventStore", "StoreError"]
+__all__ = ["EventStore", "StoreError", "status_of"]
+
+
+def status_of(path: Path, counts: Mapping[str, int]) -> dict[str, Any]:
+    """A store's state for ``/health/detailed``: where it is, its size on disk (with its log), its
+    rows, from its row ``counts``."""
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            size += os.stat(f"{path}{suffix}").st_size
+    return {
+        "path": str(path),
+        "bytes": size,
+        "rows": counts["written"] - counts["expired"] - counts["evicted_for_size"],
+        "rows_by_outcome": dict(counts),
+    }
 
 
 class StoreError(OSError):
@@ -122,18 +137,8 @@ class EventStore:
         return dict(self._counts)
 
     def status(self) -> dict[str, Any]:
-        """For ``/health/detailed``: where it is, its size on disk (with its log), its rows."""
-        size = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                size += os.stat(f"{self.path}{suffix}").st_size
-        counts = self.counts()
-        return {
-            "path": str(self.path),
-            "bytes": size,
-            "rows": counts["written"] - counts["expired"] - counts["evicted_for_size"],
-            "rows_by_outcome": counts,
-        }
+        """For ``/health/detailed``: see ``status_of``."""
+        return status_of(self.path, self.counts())
 
     def close(self) -> None:
         with self._lock:
