@@ -206,6 +206,17 @@ def test_an_intake_process_loads_neither_grpc_nor_the_export_side() -> None:
     assert out.strip() == "[]"
 
 
+def test_the_store_process_loads_neither_grpc_nor_opentelemetry_nor_the_export_side() -> None:
+    """The store process imports its entry point only: no gRPC, OpenTelemetry SDK or export package."""
+    code = (
+        "import sys, otel_service.runtime.store_process\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('grpc')}"
+        " | {m for m in sys.modules if m.startswith(('otel_service.export', 'opentelemetry.sdk'))}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def _test_functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
     tree = ast.parse(path.read_text("utf-8"))
     return [

@@ -18,7 +18,8 @@ from otel_service.export.delivery import ExportStatus, Observer
 from otel_service.export.recorder import Derived
 from otel_service.export.sink import SEND_EVENTS, SEND_SECONDS, STALL_SECONDS, SinkFeed, StoreReply
 from otel_service.model.events import LlmCall
-from otel_service.runtime.store_link import StoreLink, _decode_reply, _encode, serve
+from otel_service.runtime.store_link import StoreLink
+from otel_service.runtime.store_process import decode_reply, encode, serve
 from otel_service.spool import Position
 from otel_service.spool.record import Envelope, encode_envelope
 from otel_service.store import EventStore, Retention
@@ -242,12 +243,12 @@ def test_batches_are_gathered_into_one_message_until_enough_or_the_first_waited_
 
 def test_retention_goes_on_while_batches_keep_coming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store that always has a batch waiting still sweeps: rows expire between its transactions."""
-    monkeypatch.setattr("otel_service.runtime.store_link.MAX_ROWS_PER_TRANSACTION", 10)
-    monkeypatch.setattr("otel_service.runtime.store_link.SWEEP_SECONDS", 0.0)
+    monkeypatch.setattr("otel_service.runtime.store_process.MAX_ROWS_PER_TRANSACTION", 10)
+    monkeypatch.setattr("otel_service.runtime.store_process.SWEEP_SECONDS", 0.0)
     ours, theirs = multiprocessing.Pipe()
     for n in range(100):  # all waiting before the store reads the first (a year old: all expire)
         payloads, _, derived = _records(n, 1)
-        ours.send_bytes(_encode((n + 1, payloads, derived)))
+        ours.send_bytes(encode((n + 1, payloads, derived)))
     store = EventStore(tmp_path / "events.sqlite", Retention(max_age_ns=86_400 * 10**9, max_bytes=0))
     server = threading.Thread(target=serve, args=(theirs, store), daemon=True)
     server.start()
@@ -255,7 +256,7 @@ def test_retention_goes_on_while_batches_keep_coming(tmp_path: Path, monkeypatch
     answered: list[int] = []
     while len(answered) < 100:
         assert ours.poll(30)
-        seqs, _, counts = _decode_reply(ours.recv_bytes())
+        seqs, _, counts = decode_reply(ours.recv_bytes())
         answered += seqs
         expired.append(counts["expired"])
     ours.close()

@@ -179,7 +179,7 @@ class ExportWorker:
         return self._progress.reflected()
 
     def caught_up(self) -> bool:
-        """Everything on disk now has been recorded and delivered."""
+        """Everything on disk now has been recorded, delivered and (with a store) stored."""
         return self._progress.caught_up(end_position(self._reader.directory))
 
     def _past_deadline(self) -> bool:

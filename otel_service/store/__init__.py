@@ -12,10 +12,12 @@ protocol, and ``runtime.store_link`` runs it in a process of its own.
 from .queries import Slice
 from .reader import AnalyticsReader, StoreTimeout
 from .retention import Retention, Swept
+from .schema import DerivedRecord
 from .writer import EventStore, StoreError, status_of
 
 __all__ = [
     "AnalyticsReader",
+    "DerivedRecord",
     "EventStore",
     "Retention",
     "Slice",

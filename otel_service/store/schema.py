@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..model.events import Event, Feedback, LlmCall, Prediction
 from .dialect import CREATED_AT, PLACEHOLDER
@@ -42,6 +42,7 @@ __all__ = [
     "SCHEMA",
     "TABLE",
     "VERSION",
+    "DerivedRecord",
     "DerivedValues",
     "StoredEnvelope",
     "row_of",
@@ -211,6 +212,15 @@ class DerivedValues(Protocol):
     def cost_usd(self) -> float | None: ...
     @property
     def cost_source(self) -> str: ...
+
+
+class DerivedRecord(NamedTuple):
+    """``DerivedValues`` as the store process receives them (an array: the recorder's ``Derived``)."""
+
+    provider: str
+    total_tokens: int | None
+    cost_usd: float | None
+    cost_source: str
 
 
 def _json(values: Mapping[str, Any]) -> str | None:
