@@ -195,23 +195,19 @@ def test_long_modules_say_why(name: str, path: Path) -> None:
     assert lines <= MAX_LINES or any(line.startswith("Length:") for line in doc.splitlines())
 
 
-def test_an_intake_process_loads_neither_grpc_nor_the_export_side() -> None:
-    """The extra intake processes import their entry point only: no gRPC, exporter or export package."""
+@pytest.mark.parametrize(
+    ("entry", "forbidden"),
+    [
+        ("intake_process", ("otel_service.export", "opentelemetry.exporter")),
+        ("store_process", ("otel_service.export", "opentelemetry.sdk")),
+    ],
+)
+def test_a_child_process_loads_its_entry_point_only(entry: str, forbidden: tuple[str, ...]) -> None:
+    """Extra intake processes and the store process load no gRPC and no export side (nor the SDK: store)."""
     code = (
-        "import sys, otel_service.runtime.intake_process\n"
+        f"import sys, otel_service.runtime.{entry}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('grpc')}"
-        " | {m for m in sys.modules if m.startswith(('otel_service.export', 'opentelemetry.exporter'))}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
-def test_the_store_process_loads_neither_grpc_nor_opentelemetry_nor_the_export_side() -> None:
-    """The store process imports its entry point only: no gRPC, OpenTelemetry SDK or export package."""
-    code = (
-        "import sys, otel_service.runtime.store_process\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('grpc')}"
-        " | {m for m in sys.modules if m.startswith(('otel_service.export', 'opentelemetry.sdk'))}))"
+        f" | {{m for m in sys.modules if m.startswith({forbidden!r})}}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
