@@ -90,7 +90,15 @@ def post(port: int, count: int) -> int:
 
 
 def spawned(pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    """``pid``'s living children started by multiprocessing (a killed one not yet reaped is left out)."""
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie until its parent reaps it
+            continue
+    return found
 
 
 def replaced(pid: int, port: int, victim: int) -> bool:
@@ -149,9 +157,12 @@ def main() -> int:
                     continue
                 intake = {row["pid"] for row in get(port, "/health/detailed")["intake_processes"]}
                 [victim] = [p for p in spawned(process.pid) if (p.pid in intake) == (target == "intake")]
-                if target == "store":  # the export process's child
+                if target == "store":  # the export process's child (started with it: wait for it)
                     export = victim
-                    [victim] = spawned(export.pid)
+                    deadline = time.monotonic() + 60
+                    while len(stores := spawned(export.pid)) != 1 and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    [victim] = stores
                     victim.kill()
                     deadline = time.monotonic() + 60
                     while time.monotonic() < deadline and [p.pid for p in spawned(export.pid)] in (
