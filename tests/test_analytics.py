@@ -33,7 +33,7 @@ from otel_service.store.schema import KIND_COLUMNS, row_of
 from otel_service.testing import OtlpReceiver
 
 from .conftest import FAST_EXPORT, StartApp, free_port
-from .test_delivery import _serve
+from .test_delivery import _post, _serve
 from .test_store import _envelope
 
 PRICES = json.loads((Path(__file__).parent.parent / "otel_service" / "model" / "prices.json").read_text())
@@ -550,20 +550,6 @@ def _get(port: int, path: str) -> dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-def _post_batch(port: int, events: list[dict[str, Any]]) -> bool:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/events",
-        data=json.dumps(events).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return bool(json.loads(response.read())["accepted"] == len(events))
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 def test_figures_stay_exact_after_kill_9_and_restart(receiver: OtlpReceiver, tmp_path: Path) -> None:
     """kill -9 under load, then a restart: one row per owned event, none missing, figures exact."""
     env = {
@@ -589,7 +575,7 @@ def test_figures_stay_exact_after_kill_9_and_restart(receiver: OtlpReceiver, tmp
             if stop.is_set():
                 return
             sent += len(batch)
-            if not _post_batch(port, batch):
+            if _post(port, batch) != len(batch):
                 return
             acknowledged.extend(batch)
 

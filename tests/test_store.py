@@ -15,7 +15,15 @@ import pytest
 from otel_service.export.recorder import Derived
 from otel_service.model.events import Event
 from otel_service.spool.record import Envelope
-from otel_service.store import AnalyticsReader, EventStore, Retention, Slice, StoreError, StoreTimeout
+from otel_service.store import (
+    AnalyticsReader,
+    EventStore,
+    Retention,
+    Slice,
+    StoreError,
+    StoreTimeout,
+    status_of,
+)
 from otel_service.store.lookup import find, sql
 from otel_service.store.schema import COLUMNS, KIND_COLUMNS, MINUTE_NS, row_of
 from otel_service.testing import OtlpReceiver
@@ -199,7 +207,7 @@ def test_counts_are_kept_in_the_store_across_reopening(store: EventStore) -> Non
     again = EventStore(store.path, NO_BOUNDS)
     again.write(*_batch(3, 2))
     assert again.counts()["written"] == 5
-    assert again.status()["rows"] == 5
+    assert status_of(again.path, again.counts())["rows"] == 5
 
 
 def test_retention_by_age_deletes_old_rows_in_chunks_and_counts_them(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ __all__ = [
     "is_integer_overflow",
     "is_interrupted",
     "read_snapshot",
-    "reclaim",
     "schema_version",
     "set_deadline",
     "set_schema_version",
@@ -61,8 +60,7 @@ def connect_writer(path: Path) -> sqlite3.Connection:
 
     No auto-vacuum: its pointer map costs a third of the store's CPU per event (measured: 59 -> 43 µs
     at 300,000 rows). Pages that retention frees are reused by the next rows instead, so the file
-    keeps its largest size and the size bound applies to the pages in use (``size_bytes``). A file
-    made with incremental vacuum (before this) keeps it, and gives freed pages back (``reclaim``)."""
+    keeps its largest size and the size bound applies to the pages in use (``size_bytes``)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -98,13 +96,6 @@ def size_bytes(connection: sqlite3.Connection) -> int:
     free = connection.execute("PRAGMA freelist_count").fetchone()[0]
     page_size = connection.execute("PRAGMA page_size").fetchone()[0]
     return (int(pages) - int(free)) * int(page_size)
-
-
-def reclaim(connection: sqlite3.Connection) -> None:
-    """Give the pages that deletes freed back to the file system (the file shrinks), in a file made
-    with incremental vacuum; nothing otherwise."""
-    # (``execute`` would run one step of it, freeing one page: a script runs it to the end.)
-    connection.executescript("PRAGMA incremental_vacuum;")
 
 
 def is_interrupted(error: Exception) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dialect import PLACEHOLDER, Connection, reclaim, size_bytes, transaction
+from .dialect import PLACEHOLDER, Connection, size_bytes, transaction
 from .schema import TABLE
 
 __all__ = ["Retention", "Swept", "add_count", "sweep"]
@@ -63,12 +63,8 @@ def sweep(connection: Connection, retention: Retention, now_ns: int) -> Swept:
     if retention.max_age_ns:
         expired = _delete_oldest(connection, chunk, "expired", now_ns - retention.max_age_ns)
     evicted = 0
-    if expired:
-        reclaim(connection)
     if retention.max_bytes and size_bytes(connection) > retention.max_bytes:
         evicted = _delete_oldest(connection, chunk, "evicted_for_size", None)
-        if evicted:
-            reclaim(connection)
     # Full chunks may leave more to do; after an eviction, the size is measured again next time.
     # An empty table over the bound (a bound below the schema's own pages) is as good as it gets.
     return Swept(expired, evicted, done=expired < chunk and evicted == 0)

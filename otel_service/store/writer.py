@@ -136,10 +136,6 @@ class EventStore:
         restarts; they start again at 0 only with a new file)."""
         return dict(self._counts)
 
-    def status(self) -> dict[str, Any]:
-        """For ``/health/detailed``: see ``status_of``."""
-        return status_of(self.path, self.counts())
-
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
