@@ -603,7 +603,9 @@ def test_figures_stay_exact_after_kill_9_and_restart(receiver: OtlpReceiver, tmp
             answers = [_get(port, "/analytics/acme") for _ in range(6)]  # through either intake process
             export = _get(port, "/health/detailed")["export"]
             stored = stored_ids()
-            settled = before == stored and len(stored) >= len(acknowledged)
+            # (The export side's row counts come with the store process's next answer, just after.)
+            counted = export["store"]["rows"] == len(stored)
+            settled = before == stored and len(stored) >= len(acknowledged) and counted
             if settled and all(a["requests"]["total"] == len(stored) for a in answers):
                 break
             assert time.monotonic() < deadline, "the restarted sidecar did not catch up"
